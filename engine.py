@@ -1,0 +1,347 @@
+"""The inference engine: continuous batching on a dedicated thread, bridged to asyncio.
+
+Why a thread: a forward pass holds the CPU/GPU for milliseconds to seconds; running it on the
+event loop would stall every other request and the health check. The engine thread owns the
+model; the event loop talks to it through a lock-protected inbox and gets token events back
+with one ``call_soon_threadsafe`` per step.
+
+Scheduling: every step (1) drops cancelled / timed-out sequences, (2) admits waiting requests
+while the running set, the KV budget and the per-step prefill budget allow, prefilling them
+together and merging them into the batch, (3) decodes one token for every running sequence in a
+single batched forward, (4) retires finished sequences at once. No request waits for another
+to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from engine_types import (
+    EngineNotReady,
+    EngineOverloaded,
+    EngineShuttingDown,
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+# Marks an event that carries no token (a sequence aborted before producing one).
+NO_TOKEN = -1
+
+
+@dataclass
+class EngineConfig:
+    max_running: int = 32
+    max_queued: int = 256
+    max_batched_tokens: int = 2048
+    kv_cache_tokens: int = 262_144
+    request_timeout: float = 600.0
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_tokens: int
+    steps: int
+    prompt_tokens: int
+    generated_tokens: int
+    finished: int
+
+
+class TokenStream:
+    """Async iterator over one request's :class:`TokenEvent`s; ``cancel()`` stops generation."""
+
+    def __init__(self, engine: "Engine", request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request_id = request.request_id
+        self._engine = engine
+        self._queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        self._loop = loop
+        self._done = False
+        self.cancelled = False
+
+    def __aiter__(self) -> "TokenStream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    def cancel(self) -> None:
+        if not self._done and not self.cancelled:
+            self.cancelled = True
+            self._engine._wake()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _put(self, item: TokenEvent | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+
+@dataclass
+class _Seq:
+    request: GenerationRequest
+    stream: TokenStream
+    deadline: float
+    sampler: Any = None  # model_runner.SamplerState, created on the engine thread
+    generated: int = 0
+    last_token: int = NO_TOKEN
+    context_len: int = 0
+    finish: FinishReason | None = None
+    events: list[TokenEvent] = field(default_factory=list)
+
+
+class Engine:
+    """Continuous-batching engine around a transformers causal LM (see module docstring)."""
+
+    def __init__(self, loader: Callable[[], Any], config: EngineConfig, *, max_context: int | None = None) -> None:
+        self._loader = loader
+        self.config = config
+        self._max_context = max_context or 0
+        self._runner: Any = None
+        self._vocab = 0
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._inbox: collections.deque[_Seq] = collections.deque()
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []
+        self._stopping = False
+        self._draining = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self._steps = self._prompt_tokens = self._generated_tokens = self._finished = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the model and start stepping, both on the engine thread (returns at once)."""
+        self._thread = threading.Thread(target=self._thread_main, name="gptoss-engine", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        if self.load_error is not None:
+            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
+        return self._ready.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.load_error is None and not self._stopping
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new requests, let in-flight ones finish within ``grace`` seconds, then stop."""
+        with self._lock:
+            self._draining = True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._inbox or self._waiting or self._running)
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(
+                running=len(self._running),
+                waiting=len(self._waiting) + len(self._inbox),
+                kv_tokens=self._runner.kv_tokens() if self._runner is not None else 0,
+                steps=self._steps,
+                prompt_tokens=self._prompt_tokens,
+                generated_tokens=self._generated_tokens,
+                finished=self._finished,
+            )
+
+    # --- submission (event loop side) --------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        if self.load_error is not None or not self._ready.is_set():
+            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
+        loop = asyncio.get_running_loop()
+        stream = TokenStream(self, request, loop)
+        seq = _Seq(request, stream, deadline=time.monotonic() + self.config.request_timeout)
+        with self._lock:
+            if self._draining or self._stopping:
+                raise EngineShuttingDown("the server is shutting down")
+            if len(self._waiting) + len(self._inbox) >= self.config.max_queued:
+                raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
+            self._inbox.append(seq)
+            self._wakeup.notify()
+        return stream
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wakeup.notify()
+
+    # --- engine thread -----------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            model = self._loader()
+            from model_runner import ModelRunner
+
+            self._runner = ModelRunner(model)
+            self._vocab = int(model.config.vocab_size)
+            if not self._max_context:
+                self._max_context = int(getattr(model.config, "max_position_embeddings", 4096))
+        except BaseException as exc:  # reported through /health and every request
+            logger.exception("Model failed to load")
+            self.load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        logger.info("Engine ready (max_running=%d, kv budget=%d tokens)", self.config.max_running, self.config.kv_cache_tokens)
+        while True:
+            with self._lock:
+                while not (self._inbox or self._waiting or self._running or self._stopping):
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+                self._waiting.extend(self._inbox)
+                self._inbox.clear()
+            try:
+                self._step()
+            except Exception as exc:  # a failed forward must not kill the engine: fail its requests
+                logger.exception("Engine step failed; failing %d running requests", len(self._running))
+                self._fail_running(exc)
+        self._abort_all()
+
+    def _fail_running(self, exc: Exception) -> None:
+        for seq in self._running:
+            self._deliver_now(seq, exc)
+        self._running = []
+        self._runner.batch = None
+
+    def _abort_all(self) -> None:
+        with self._lock:
+            pending = list(self._inbox) + list(self._waiting) + self._running
+            self._inbox.clear()
+            self._waiting.clear()
+            self._running = []
+        for seq in pending:
+            self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+
+    def _deliver_now(self, seq: _Seq, item: TokenEvent | BaseException) -> None:
+        try:
+            seq.stream._loop.call_soon_threadsafe(seq.stream._put, item)
+        except RuntimeError:  # the client's loop is gone; nothing to tell
+            pass
+
+    def _step(self) -> None:
+        from model_runner import SamplerState, sample
+
+        now = time.monotonic()
+        # 1. Drop cancelled or expired requests, waiting or running.
+        for seq in list(self._waiting):
+            if seq.stream.cancelled or now > seq.deadline:
+                self._waiting.remove(seq)
+                seq.finish = "abort"
+                self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+        for seq in self._running:
+            if seq.stream.cancelled or now > seq.deadline:
+                seq.finish = "abort"
+                seq.events.append(TokenEvent(NO_TOKEN, finish_reason="abort"))
+        self._retire()
+
+        # 2. Admit and prefill.
+        admitted: list[_Seq] = []
+        budget = self.config.max_batched_tokens
+        timeline = self._runner.batch.length if self._runner.batch is not None else 0
+        while self._waiting and len(self._running) + len(admitted) < self.config.max_running:
+            seq = self._waiting[0]
+            n = len(seq.request.prompt_ids)
+            rows = len(self._running) + len(admitted) + 1
+            fits_kv = rows * max(timeline, n) <= self.config.kv_cache_tokens
+            if admitted and (n > budget or not fits_kv):
+                break
+            if not admitted and self._running and not fits_kv:
+                break
+            self._waiting.popleft()
+            admitted.append(seq)
+            budget -= n
+            timeline = max(timeline, n)
+        if admitted:
+            logits = self._runner.prefill([s.request.prompt_ids for s in admitted])
+            for seq in admitted:
+                seq.sampler = SamplerState.create(seq.request.params, seq.request.prompt_ids, self._vocab)
+                seq.context_len = len(seq.request.prompt_ids)
+                self._prompt_tokens += seq.context_len
+            self._running.extend(admitted)
+            self._emit(admitted, sample(logits, [s.sampler for s in admitted]))
+            self._retire()
+
+        # 3. One batched decode step for everyone still running.
+        if self._running:
+            logits = self._runner.decode([s.last_token for s in self._running])
+            self._emit(self._running, sample(logits, [s.sampler for s in self._running]))
+            self._retire()
+        self._steps += 1
+        self._flush()
+
+    def _emit(self, seqs: list[_Seq], sampled: list[Any]) -> None:
+        for seq, s in zip(seqs, sampled):
+            seq.generated += 1
+            seq.context_len += 1
+            seq.last_token = s.token
+            self._generated_tokens += 1
+            finish: FinishReason | None = None
+            if s.token in seq.request.params.stop_token_ids:
+                finish = "stop"
+            elif seq.generated >= seq.request.params.max_tokens or seq.context_len >= self._max_context:
+                finish = "length"
+            seq.finish = finish
+            seq.events.append(TokenEvent(s.token, s.logprob, s.top, finish))
+
+    def _retire(self) -> None:
+        """Deliver pending events and drop finished rows from the batch at once."""
+        if not any(s.finish for s in self._running):
+            return
+        self._flush()
+        keep = [i for i, s in enumerate(self._running) if s.finish is None]
+        self._finished += len(self._running) - len(keep)
+        self._runner.keep_rows(keep)
+        with self._lock:
+            self._running = [self._running[i] for i in keep]
+
+    def _flush(self) -> None:
+        """Hand this step's events to the event loops, one callback per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[TokenStream, list[TokenEvent]]]] = {}
+        for seq in self._running:
+            if seq.events:
+                by_loop.setdefault(seq.stream._loop, []).append((seq.stream, seq.events))
+                seq.events = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_batch, items)
+            except RuntimeError:
+                pass
+
+
+def _deliver_batch(items: list[tuple[TokenStream, list[TokenEvent]]]) -> None:
+    for stream, events in items:
+        for ev in events:
+            stream._put(ev)

@@ -1,0 +1,83 @@
+"""Resolve the configured model to a directory and load it once (transformers + accelerate).
+
+``tiny`` builds the offline random-weight test checkpoint (tiny_model.py) and then takes the
+same ``from_pretrained`` path as the real model, so tests exercise the real loading code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from engine import EngineConfig
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(settings: Settings) -> str:
+    """A local directory for ``tiny`` or a directory path; otherwise the HF id as given."""
+    if settings.is_tiny:
+        from tiny_model import build_tiny_model, tiny_model_dir
+
+        return str(build_tiny_model(tiny_model_dir(settings.cache_dir)))
+    return settings.model
+
+
+def pick_device(settings: Settings) -> str:
+    import torch
+
+    if settings.device != "auto":
+        return settings.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(settings: Settings, path: str | None = None) -> Any:
+    """Load the causal LM for inference on the configured device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(settings)
+    device = pick_device(settings)
+    kwargs: dict[str, Any] = {}
+    if settings.dtype != "auto":
+        kwargs["dtype"] = getattr(torch, settings.dtype)
+    elif device == "cpu":
+        kwargs["dtype"] = torch.bfloat16  # MXFP4 kernels need a GPU; transformers dequantizes to bf16
+    else:
+        kwargs["dtype"] = "auto"  # keeps the checkpoint's MXFP4 experts where the GPU supports them
+    kwargs["device_map"] = "auto" if device == "cuda" else device
+    if device == "cpu":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    offline = bool(os.environ.get("HF_HUB_OFFLINE")) or Path(path).is_dir()
+    logger.info("Loading model %s on %s (%s)", path, device, kwargs.get("dtype"))
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline, **kwargs)
+    model.eval()
+    if settings.is_tiny:
+        logger.warning(
+            "Serving the TINY RANDOM-WEIGHT test model: its output is noise. Set GPTOSS_MODEL to "
+            "openai/gpt-oss-20b (or a local checkpoint directory) for the real model."
+        )
+    return model
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
+    layers = int(config.num_hidden_layers)
+    kv_heads = int(getattr(config, "num_key_value_heads", config.num_attention_heads))
+    head_dim = int(getattr(config, "head_dim", config.hidden_size // config.num_attention_heads))
+    return layers * 2 * kv_heads * head_dim * dtype_bytes
+
+
+def engine_config(settings: Settings, device: str) -> EngineConfig:
+    """Backpressure defaults per device; explicit settings win."""
+    max_running = settings.max_running or (128 if device == "cuda" else 32)
+    kv = settings.kv_cache_tokens or (1_048_576 if device == "cuda" else 262_144)
+    return EngineConfig(
+        max_running=max_running,
+        max_queued=settings.max_queued,
+        max_batched_tokens=settings.max_batched_tokens,
+        kv_cache_tokens=kv,
+        request_timeout=settings.request_timeout,
+    )

@@ -1,0 +1,204 @@
+"""The engine on the real tiny model: continuous batching, sampling, cancellation, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from engine import Engine, EngineConfig
+from engine_types import EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
+from loader import load_model, resolve_model_path
+from model_runner import ModelRunner
+from settings import Settings
+
+PROMPTS = [
+    [200006, 1428, 200008, 13225, 11, 1495, 553, 481, 30, 200007, 200006, 173781],
+    list(range(1000, 1040)),
+    [3, 4, 5],
+    list(range(5000, 5150)),  # longer than the sliding window (128)
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    settings = Settings(model="tiny")
+    return load_model(settings, resolve_model_path(settings))
+
+
+def make_engine(model, **cfg) -> Engine:
+    engine = Engine(lambda: model, EngineConfig(**cfg), max_context=4096)
+    engine.start()
+    engine.wait_ready(60)
+    return engine
+
+
+async def collect(engine: Engine, prompt, params: SamplingParams) -> list[int]:
+    return [ev.token_id async for ev in engine.submit(GenerationRequest(list(prompt), params))]
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0)
+
+
+async def test_greedy_alone_equals_batched(model):
+    engine = make_engine(model)
+    try:
+        alone = [await collect(engine, p, greedy(24)) for p in PROMPTS]
+        batched = await asyncio.gather(*(collect(engine, p, greedy(24)) for p in PROMPTS))
+        assert batched == alone
+        assert all(len(t) == 24 for t in alone)
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_join_and_leave_mid_flight(model):
+    """Requests that join while others run, and leave early, still match their solo output."""
+    engine = make_engine(model)
+    try:
+        alone = [await collect(engine, p, greedy(10 + 7 * i)) for i, p in enumerate(PROMPTS)]
+
+        async def delayed(i: int):
+            await asyncio.sleep(0.05 * i)
+            return await collect(engine, PROMPTS[i], greedy(10 + 7 * i))
+
+        mixed = await asyncio.gather(*(delayed(i) for i in range(len(PROMPTS))))
+        assert mixed == alone
+        assert engine.stats().steps > 0
+    finally:
+        await engine.shutdown(1)
+
+
+def test_runner_matches_unbatched_forward(model):
+    """The merged/trimmed cache gives the same logits as a plain transformers forward."""
+    runner = ModelRunner(model)
+    runner.prefill([PROMPTS[1]])
+    runner.prefill([PROMPTS[2]])
+    tok = [7, 8]
+    logits = runner.decode(tok)
+    with torch.inference_mode():
+        ref = model(input_ids=torch.tensor([PROMPTS[2] + [8]])).logits[0, -1].float()
+    assert torch.equal(logits[1].argmax(), ref.argmax())
+    assert torch.allclose(logits[1], ref, atol=0.1)
+    runner.keep_rows([1])
+    assert runner.batch.size == 1 and runner.batch.length == len(PROMPTS[2]) + 1
+
+
+async def test_seed_reproducible_alone_and_batched(model):
+    engine = make_engine(model)
+    params = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=42)
+    try:
+        a = await collect(engine, PROMPTS[0], params)
+        b, _, _ = await asyncio.gather(
+            collect(engine, PROMPTS[0], params),
+            collect(engine, PROMPTS[1], SamplingParams(max_tokens=16, temperature=1.0)),
+            collect(engine, PROMPTS[2], greedy(16)),
+        )
+        assert a == b
+        c = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=43))
+        assert c != a
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_stop_token_and_length_finish(model):
+    engine = make_engine(model)
+    try:
+        first = (await collect(engine, PROMPTS[0], greedy(3)))[1]
+        events = [
+            ev
+            async for ev in engine.submit(
+                GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=50, temperature=0.0, stop_token_ids=(first,)))
+            )
+        ]
+        assert events[-1].finish_reason == "stop" and events[-1].token_id == first
+        assert len(events) == 2
+        events = [ev async for ev in engine.submit(GenerationRequest(PROMPTS[0], greedy(5)))]
+        assert [e.finish_reason for e in events] == [None] * 4 + ["length"]
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_cancel_frees_slot_within_a_step(model):
+    engine = make_engine(model)
+    try:
+        stream = engine.submit(GenerationRequest(PROMPTS[1], greedy(100000)))
+        other = asyncio.create_task(collect(engine, PROMPTS[2], greedy(30)))
+        got = 0
+        async for _ in stream:
+            got += 1
+            if got == 5:
+                break
+        assert engine.stats().running >= 1
+        steps_at_cancel = engine.stats().steps
+        stream.cancel()
+        for _ in range(200):
+            st = engine.stats()
+            if st.running == (0 if other.done() else 1):
+                break
+            await asyncio.sleep(0.01)
+        assert engine.stats().steps - steps_at_cancel <= 2
+        assert len(await other) == 30  # the other request kept being served
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_queue_overflow_is_refused(model):
+    engine = make_engine(model, max_running=1, max_queued=2)
+    try:
+        streams = [engine.submit(GenerationRequest(PROMPTS[2], greedy(100000)))]
+        while engine.stats().running == 0:
+            await asyncio.sleep(0.01)
+        streams += [engine.submit(GenerationRequest(PROMPTS[2], greedy(10))) for _ in range(2)]
+        assert engine.stats().waiting == 2
+        with pytest.raises(EngineOverloaded):
+            engine.submit(GenerationRequest(PROMPTS[2], greedy(10)))
+        for s in streams:
+            s.cancel()
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_shutdown_drains_in_flight(model):
+    engine = make_engine(model)
+    task = asyncio.create_task(collect(engine, PROMPTS[0], greedy(40)))
+    await asyncio.sleep(0.05)
+    await engine.shutdown(30)
+    tokens = await task
+    assert len(tokens) == 40  # finished, not cut off
+    with pytest.raises(EngineShuttingDown):
+        engine.submit(GenerationRequest(PROMPTS[0], greedy(1)))
+
+
+async def test_penalties_and_logit_bias_change_output(model):
+    engine = make_engine(model)
+    try:
+        base = await collect(engine, PROMPTS[0], greedy(8))
+        forced = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=0.0, logit_bias={42: 100.0}))
+        assert forced == [42] * 8
+        banned = await collect(
+            engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=0.0, logit_bias={base[0]: -100.0})
+        )
+        assert banned[0] != base[0]
+        rep = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=0.0, logit_bias={42: 100.0}, frequency_penalty=2.0, presence_penalty=2.0))
+        assert rep[0] == 42  # the penalty applies to tokens already generated
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_logprobs_shape(model):
+    engine = make_engine(model)
+    try:
+        events = [
+            ev
+            async for ev in engine.submit(
+                GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=3, temperature=0.0, logprobs=5))
+            )
+        ]
+        for ev in events:
+            assert ev.logprob is not None and ev.logprob <= 0
+            assert len(ev.top_logprobs) == 5
+            assert ev.top_logprobs[0][0] == ev.token_id  # greedy picks the most likely token
+    finally:
+        await engine.shutdown(1)
