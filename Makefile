@@ -1,0 +1,37 @@
+# The README's commands. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8000
+BIN := $(VENV)/bin
+# Documented demo key (README): for the local demo only, never for a server others can reach.
+DEMO_KEY ?= sk-demo-local-only-change-me
+
+.PHONY: setup demo serve test bench build clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+demo: setup  ## the tiny random-weight model on :$(PORT), demo key $(DEMO_KEY)
+	GPTOSS_MODEL=tiny GPTOSS_API_KEYS=$(DEMO_KEY) $(BIN)/bentoml serve service:GptOss --port $(PORT)
+
+serve: setup  ## the real model (GPTOSS_MODEL, default openai/gpt-oss-20b); keys from GPTOSS_KEYS_FILE
+	$(BIN)/bentoml serve service:GptOss --port $(PORT)
+
+test: setup  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: setup  ## throughput/latency benchmark against peers (see README, Performance)
+	$(BIN)/python bench/benchmark.py
+
+build: setup  ## a Bento (bentoml build)
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache
