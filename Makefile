@@ -30,7 +30,8 @@ test: setup  ## the whole test suite
 bench: setup  ## throughput/latency benchmark against peers (see README, Performance)
 	$(BIN)/python bench/benchmark.py
 
-build: setup  ## a Bento (bentoml build)
+build: setup  ## a Bento (bentoml build) with the Harmony vocabulary bundled
+	$(BIN)/python harmony_vocab.py vendor/harmony
 	$(BIN)/bentoml build
 
 clean:

@@ -43,13 +43,30 @@ def _packaged_vocab() -> bytes:
     return gzip.decompress(gz.read_bytes())
 
 
+# Where `make build` bundles the file into the Bento (see bentofile.yaml).
+BUNDLED_DIR = Path(__file__).resolve().parent / "vendor" / "harmony"
+
+
+def export_vocab(target: Path) -> Path:
+    """Write the verified vocabulary into ``target`` (used to bundle it into the Bento)."""
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / VOCAB_FILE
+    data = _packaged_vocab()
+    if hashlib.sha256(data).hexdigest() != VOCAB_SHA256:
+        raise VocabError(f"the {VOCAB_FILE} in bpe-openai does not have sha256 {VOCAB_SHA256}")
+    path.write_bytes(data)
+    return path
+
+
 def ensure_vocab(cache_dir: Path) -> Path:
     """Make ``$TIKTOKEN_ENCODINGS_BASE/o200k_base.tiktoken`` exist and verify it; return the dir.
 
-    An explicit ``TIKTOKEN_ENCODINGS_BASE`` wins (air-gapped images bundle the file there);
-    otherwise the file is unpacked from ``bpe-openai`` into ``cache_dir/harmony``.
+    Order: an explicit ``TIKTOKEN_ENCODINGS_BASE``; the copy bundled in the Bento
+    (``vendor/harmony``); else the file unpacked from ``bpe-openai`` into ``cache_dir/harmony``.
     """
     explicit = os.environ.get(ENV_VAR)
+    if not explicit and (BUNDLED_DIR / VOCAB_FILE).is_file():
+        explicit = str(BUNDLED_DIR)
     if explicit:
         base = Path(explicit)
         path = base / VOCAB_FILE
@@ -86,3 +103,10 @@ def load_encoding(cache_dir: Path | None = None) -> HarmonyEncoding:
     base = ensure_vocab(cache_dir)
     logger.info("Harmony vocabulary: %s/%s (sha256 verified)", base, VOCAB_FILE)
     return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    logger.info("wrote %s", export_vocab(Path(sys.argv[1] if len(sys.argv) > 1 else BUNDLED_DIR)))
