@@ -116,7 +116,10 @@ class ModelRunner:
     # --- forward passes --------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run the prompts (left-padded together), append them to the batch; return last logits [n, V]."""
+        """Run the prompts (left-padded together), append them to the batch; return last logits [n, V].
+
+        Logits stay in the model's dtype: the sampler converts only the rows that need it.
+        """
         length = max(len(p) for p in prompts)
         ids = torch.zeros((len(prompts), length), dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -136,7 +139,7 @@ class ModelRunner:
         )
         new = Batch(cache, mask, mask.sum(-1))
         self.batch = new if self.batch is None else self._merge(self.batch, new)
-        return out.logits[:, -1].float()
+        return out.logits[:, -1]
 
     @torch.inference_mode()
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -154,7 +157,7 @@ class ModelRunner:
             logits_to_keep=1,
         )
         batch.positions = batch.positions + 1
-        return out.logits[:, -1].float()
+        return out.logits[:, -1]
 
     def kv_tokens(self) -> int:
         """Timeline slots held by the batch (rows x length): what the KV-cache budget bounds."""
@@ -251,7 +254,11 @@ def _sample_row(row: torch.Tensor, st: SamplerState) -> int:
 
 
 def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled]:
-    """Pick one token per row. Greedy rows without bias/penalties take one vectorised max."""
+    """Pick one token per row. Greedy rows without bias/penalties take one vectorised max.
+
+    ``logits`` may be bf16: max() on it picks the same token as on its exact fp32 upcast, so
+    plain greedy rows skip the conversion; other rows are upcast one by one.
+    """
     simple = [i for i, st in enumerate(states) if st.params.temperature == 0 and _is_plain(st)]
     out: list[Sampled | None] = [None] * len(states)
     if simple:
@@ -263,13 +270,13 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
     for i, st in enumerate(states):
         if out[i] is not None:
             continue
-        row = _processed_row(logits[i], st)
+        row = _processed_row(logits[i].float(), st)
         tok = int(row.max(dim=-1).indices) if st.params.temperature == 0 else _sample_row(row, st)
         out[i] = Sampled(tok)
     for i, st in enumerate(states):
         k = st.params.logprobs
         if k is not None:
-            logp = torch.log_softmax(logits[i], dim=-1)
+            logp = torch.log_softmax(logits[i].float(), dim=-1)
             s = out[i]
             assert s is not None
             s.logprob = float(logp[s.token])
