@@ -1,0 +1,904 @@
+"""Tests for auth.py: the API-key middleware, key store, limits, reload and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import auth
+from auth import (
+    AuthMiddleware,
+    KeysFileError,
+    KeyStore,
+    NoKeysConfigured,
+    Principal,
+    charge_tokens,
+    check_model_access,
+)
+from errors import APIError
+from settings import Settings
+
+# Keys used throughout (all >= 16 chars). One per permission.
+K_ALL = "sk-test-all-0000000000000000"
+K_CHAT = "sk-test-chat-000000000000000"
+K_COMP = "sk-test-comp-000000000000000"
+K_MODELS = "sk-test-models-0000000000000"
+K_GEN = "sk-test-generate-00000000000"
+ALL_KEYS = [K_ALL, K_CHAT, K_COMP, K_MODELS, K_GEN]
+
+
+def make_settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = dict(keys_file=None, api_keys="", auth_disabled=False, public_docs=True, public_metrics=True)
+    base.update(kw)
+    return Settings(**base)
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+def write_keys(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump({"keys": entries}))
+    return path
+
+
+@pytest.fixture
+def store_file(tmp_path: Path) -> Path:
+    return write_keys(
+        tmp_path / "keys.yaml",
+        [
+            {"name": "admin", "key": K_ALL},
+            {"name": "chatter", "key": K_CHAT, "permissions": ["chat"]},
+            {"name": "completer", "key": K_COMP, "permissions": ["completions"]},
+            {"name": "lister", "key": K_MODELS, "permissions": ["models"]},
+            {"name": "bento", "key": K_GEN, "permissions": ["generate"]},
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_global_store():
+    auth.reset_key_store()
+    yield
+    auth.reset_key_store()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: a downstream app and a raw ASGI driver (httpx normalises paths, so raw scopes are
+# needed to send the tricks a real server would pass through).
+# ---------------------------------------------------------------------------------------------
+
+
+class Echo:
+    """Downstream ASGI app: echoes path and principal; records what reached it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls.append(scope)
+        if scope["type"] == "lifespan":
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        p = scope.get("state", {}).get("principal")
+        body = json.dumps({"path": scope["path"], "principal": p.name if p else None}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Resp:
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        self.status: int = start["status"]
+        self.header_list = [(k.decode(), v.decode()) for k, v in start.get("headers", [])]
+        self.headers = {k.lower(): v for k, v in self.header_list}
+        self.body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def scope_for(
+    path: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    key: str | None = None,
+    raw_path: bytes | None = None,
+    type: str = "http",
+) -> dict[str, Any]:
+    hdrs = list(headers or [])
+    if key is not None:
+        hdrs.append((b"authorization", f"Bearer {key}".encode()))
+    scope: dict[str, Any] = {
+        "type": type,
+        "asgi": {"version": "3.0"},
+        "path": path,
+        "raw_path": raw_path if raw_path is not None else path.encode(),
+        "query_string": b"",
+        "headers": hdrs,
+    }
+    if type == "http":
+        scope["method"] = method
+    return scope
+
+
+async def acall(app: Any, scope: dict[str, Any]) -> Resp:
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(m: dict[str, Any]) -> None:
+        messages.append(m)
+
+    await app(scope, receive, send)
+    return Resp(messages)
+
+
+def call(app: Any, path: str, **kw: Any) -> Resp:
+    return asyncio.run(acall(app, scope_for(path, **kw)))
+
+
+def mw(store: KeyStore | None = None, clock: Any = None, app: Any = None, **settings_kw: Any) -> AuthMiddleware:
+    extra = {"clock": clock} if clock is not None else {}
+    return AuthMiddleware(app or Echo(), store=store, settings=make_settings(**settings_kw), **extra)
+
+
+def assert_401(r: Resp) -> None:
+    assert r.status == 401, r.body
+    assert r.headers["www-authenticate"] == "Bearer"
+    err = r.json()["error"]
+    assert err["code"] == "invalid_api_key"
+    assert err["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Authorization header parsing
+# ---------------------------------------------------------------------------------------------
+
+BAD_HEADERS = {
+    "no header": [],
+    "empty": [(b"authorization", b"")],
+    "only spaces": [(b"authorization", b"   ")],
+    "Bearer alone": [(b"authorization", b"Bearer")],
+    "Bearer and spaces": [(b"authorization", b"Bearer    ")],
+    "wrong scheme": [(b"authorization", f"Basic {K_ALL}".encode())],
+    "no scheme": [(b"authorization", K_ALL.encode())],
+    "trailing newline": [(b"authorization", f"Bearer {K_ALL}\n".encode())],
+    "inner space": [(b"authorization", f"Bearer {K_ALL[:10]} {K_ALL[10:]}".encode())],
+    "non-ascii": [(b"authorization", f"Bearer {K_ALL}\u00e9".encode())],
+    "undecodable": [(b"authorization", b"Bearer " + K_ALL.encode() + b"\xff\xfe")],
+    "64 KB": [(b"authorization", b"Bearer " + b"a" * 65536)],
+    "64 KB valid prefix": [(b"authorization", f"Bearer {K_ALL}".encode() + b" " * 65536)],
+    "two headers": [(b"authorization", f"Bearer {K_ALL}".encode()), (b"authorization", f"Bearer {K_ALL}".encode())],
+    "two headers, one bad": [(b"authorization", f"Bearer {K_ALL}".encode()), (b"authorization", b"Bearer nope")],
+    "unknown key": [(b"authorization", b"Bearer sk-not-a-configured-key-123")],
+    "key prefix": [(b"authorization", f"Bearer {K_ALL[:-1]}".encode())],
+}
+
+
+@pytest.mark.parametrize("headers", list(BAD_HEADERS.values()), ids=list(BAD_HEADERS))
+def test_bad_authorization_is_401(store_file: Path, headers: list[tuple[bytes, bytes]]) -> None:
+    app = Echo()
+    m = mw(KeyStore(store_file), app=app)
+    t0 = time.perf_counter()
+    r = call(m, "/v1/models", headers=headers)
+    assert time.perf_counter() - t0 < 1.0
+    assert_401(r)
+    assert app.calls == []
+    assert K_ALL not in r.body.decode()
+
+
+GOOD_HEADERS = {
+    "canonical": f"Bearer {K_ALL}",
+    "lower-case scheme": f"bearer {K_ALL}",
+    "upper-case scheme": f"BEARER {K_ALL}",
+    "extra spaces": f"bearer   {K_ALL}  ",
+    "leading space": f"  Bearer {K_ALL}",
+    "tab": f"Bearer\t{K_ALL}\t",
+}
+
+
+@pytest.mark.parametrize("value", list(GOOD_HEADERS.values()), ids=list(GOOD_HEADERS))
+def test_good_authorization_is_accepted(store_file: Path, value: str) -> None:
+    r = call(mw(KeyStore(store_file)), "/v1/models", headers=[(b"authorization", value.encode())])
+    assert r.status == 200
+    assert r.json() == {"path": "/v1/models", "principal": "admin"}
+
+
+def test_works_through_httpx_and_starlette_request_state(store_file: Path) -> None:
+    async def models(request: Request) -> JSONResponse:
+        p = auth.get_principal(request)
+        return JSONResponse({"name": p.name if p else None, "key_name": request.state.key_name})
+
+    inner = Starlette(routes=[Route("/v1/models", models)])
+    app = AuthMiddleware(inner, store=KeyStore(store_file), settings=make_settings())
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            ok = await c.get("/v1/models", headers={"Authorization": f"bearer {K_CHAT}"})
+            bad = await c.get("/v1/models", headers={"Authorization": "Bearer sk-wrong-key-wrong-key"})
+            return ok, bad
+
+    ok, bad = asyncio.run(go())
+    assert ok.status_code == 200
+    assert ok.json() == {"name": "chatter", "key_name": "chatter"}
+    assert bad.status_code == 401
+    assert bad.headers["www-authenticate"] == "Bearer"
+    assert bad.json()["error"]["code"] == "invalid_api_key"
+
+
+# ---------------------------------------------------------------------------------------------
+# Open paths and path tricks
+# ---------------------------------------------------------------------------------------------
+
+OPEN = ["/health", "/healthz", "/livez", "/readyz"]
+DOCS = ["/docs", "/redoc", "/openapi.json", "/docs.json", "/", "/static_content/swagger-ui.css"]
+
+
+@pytest.mark.parametrize("path", OPEN + DOCS + ["/metrics"])
+def test_open_paths_without_key(store_file: Path, path: str) -> None:
+    app = Echo()
+    r = call(mw(KeyStore(store_file), app=app), path)
+    assert r.status == 200
+    assert r.json()["principal"] is None
+    assert len(app.calls) == 1
+
+
+@pytest.mark.parametrize("path", DOCS + ["/metrics"])
+def test_docs_and_metrics_need_any_key_when_not_public(store_file: Path, path: str) -> None:
+    m = mw(KeyStore(store_file), public_docs=False, public_metrics=False)
+    assert_401(call(m, path))
+    for key in ALL_KEYS:  # any valid key will do
+        assert call(m, path, key=key).status == 200
+
+
+def test_probes_stay_open_when_docs_and_metrics_are_private(store_file: Path) -> None:
+    m = mw(KeyStore(store_file), public_docs=False, public_metrics=False)
+    for path in OPEN:
+        assert call(m, path).status == 200
+
+
+def test_options_is_open_and_lifespan_passes(store_file: Path) -> None:
+    app = Echo()
+    m = mw(KeyStore(store_file), app=app)
+    assert call(m, "/v1/chat/completions", method="OPTIONS").status == 200
+
+    async def lifespan() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(_: Any) -> None:
+            pass
+
+        await m({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    asyncio.run(lifespan())
+    assert [c["type"] for c in app.calls] == ["http", "lifespan"]
+
+
+TRICKS = {
+    "double slash": ("/v1/models", "//v1/models", None),
+    "dot dot": ("/v1/models", "/v1/../v1/models", None),
+    "upper case": ("/v1/models", "/V1/models", None),
+    "trailing slash": ("/v1/models", "/v1/models/", None),
+    "encoded slash": ("/v1/models", "/v1/models", b"/v1%2Fmodels"),
+    "encoded slash lower": ("/v1/models", "/v1/models", b"/v1%2fmodels"),
+    "double-encoded slash": ("/v1/models", "/v1%2Fmodels", b"/v1%252Fmodels"),
+    "health dot dot": ("/v1/models", "/health/../v1/models", None),
+    "health encoded dot dot": ("/v1/models", "/health/../v1/models", b"/health%2F..%2Fv1%2Fmodels"),
+    "health trailing slash": ("/health", "/health/", None),
+    "health upper": ("/health", "/HEALTH", None),
+    "encoded health": ("/health", "/health", b"/heal%74h"),
+    "path/raw mismatch": ("/health", "/health", b"/v1/models"),
+    "static dot dot": ("/v1/models", "/static_content/../v1/models", None),
+    "static encoded": ("/v1/models", "/static_content/../v1/models", b"/static_content/..%2Fv1/models"),
+    "docs dot dot": ("/docs", "/docs/../docs", None),
+}
+
+
+@pytest.mark.parametrize("case", list(TRICKS.values()), ids=list(TRICKS))
+def test_path_tricks_need_a_key(store_file: Path, case: tuple[str, str, bytes | None]) -> None:
+    _, path, raw = case
+    app = Echo()
+    r = call(mw(KeyStore(store_file), app=app), path, raw_path=raw)
+    assert_401(r)
+    assert app.calls == []
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions", "/generate", "/anything"])
+def test_head_needs_a_key(store_file: Path, path: str) -> None:
+    assert_401(call(mw(KeyStore(store_file)), path, method="HEAD"))
+
+
+@pytest.mark.parametrize(
+    "path,raw",
+    [
+        ("/v1/chat/completions", b"/v1%2Fchat%2Fcompletions"),
+        ("//v1//chat/completions", None),
+        ("/V1/Chat/Completions/", None),
+        ("/v1/models/../chat/completions", None),
+        ("/health/../v1/chat/completions", None),
+    ],
+)
+def test_tricks_need_the_permission_of_the_normalised_route(store_file: Path, path: str, raw: bytes | None) -> None:
+    m = mw(KeyStore(store_file))
+    assert call(m, path, raw_path=raw, key=K_MODELS).status == 403  # models key, chat route
+    assert call(m, path, raw_path=raw, key=K_GEN).status == 403
+    assert call(m, path, raw_path=raw, key=K_CHAT).status == 200
+    assert call(m, path, raw_path=raw, key=K_ALL).status == 200
+
+
+def test_required_permissions_never_less_than_route() -> None:
+    rp = auth.required_permissions
+    assert rp("/v1/chat/completions") == {"chat"}
+    assert rp("/v1/models/gpt-oss-20b") == {"models"}
+    assert rp("/v1/models/a/../../chat/completions") == {"chat"}
+    assert rp("/health", "/v1/models") == {"models"}  # a raw path that disagrees adds its needs
+    assert rp("/v1%2Fchat%2Fcompletions") == {"chat", "all"}  # literal %2F: unknown route too
+    assert rp("/metrics") == frozenset()
+    assert rp("/admin") == {"all"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Permission matrix
+# ---------------------------------------------------------------------------------------------
+
+ROUTES = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/gpt-oss-20b"),
+    ("POST", "/generate"),
+    ("GET", "/metrics"),
+    ("GET", "/docs"),
+    ("GET", "/schema.json"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/admin/stats"),
+]
+# key -> expected status for each route above, in order.
+MATRIX = {
+    K_ALL: [200, 200, 200, 200, 200, 200, 200, 200, 200, 200],
+    K_CHAT: [200, 403, 200, 200, 403, 200, 200, 200, 403, 403],
+    K_COMP: [403, 200, 200, 200, 403, 200, 200, 200, 403, 403],
+    K_MODELS: [403, 403, 200, 200, 403, 200, 200, 200, 403, 403],
+    K_GEN: [403, 403, 403, 403, 200, 200, 200, 200, 403, 403],
+}
+PERM_OF_ROUTE = ["chat", "completions", "models", "models", "generate", None, None, None, "all", "all"]
+
+
+@pytest.mark.parametrize("key", list(MATRIX), ids=["all", "chat", "completions", "models", "generate"])
+def test_permission_matrix(store_file: Path, key: str) -> None:
+    m = mw(KeyStore(store_file), public_docs=False, public_metrics=False)
+    got = [call(m, path, method=method, key=key).status for method, path in ROUTES]
+    assert got == MATRIX[key]
+    for (method, path), status, perm in zip(ROUTES, got, PERM_OF_ROUTE):
+        if status == 403:
+            r = call(m, path, method=method, key=key)
+            err = r.json()["error"]
+            assert err["code"] == "permission_denied"
+            assert err["type"] == "permission_error"
+            assert f"'{perm}'" in err["message"]
+            assert key not in r.body.decode()
+
+
+def test_principal_permissions() -> None:
+    assert Principal("a", frozenset({"all"})).has_permission("generate")
+    assert Principal("a", frozenset({"chat"})).has_permission("models")
+    assert not Principal("a", frozenset({"generate"})).has_permission("models")
+    assert not Principal("a", frozenset({"models"})).has_permission("chat")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model access
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_model_access(tmp_path: Path) -> None:
+    entries = [{"name": "m", "key": K_CHAT, "models": ["gpt-oss-20b"]}, {"name": "a", "key": K_ALL}]
+    f = write_keys(tmp_path / "k.yaml", entries)
+    store = KeyStore(f)
+    limited, free = store.authenticate(K_CHAT), store.authenticate(K_ALL)
+    assert limited is not None and free is not None
+    check_model_access(limited, "gpt-oss-20b")
+    check_model_access(free, "other-model")
+    check_model_access(None, "other-model")  # auth disabled
+    with pytest.raises(APIError) as ei:
+        check_model_access(limited, "other-model")
+    assert ei.value.status == 403
+    assert ei.value.type == "permission_error"
+    assert "other-model" in ei.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------
+
+
+def limited_store(tmp_path: Path, clock: FakeClock, **limits: int) -> KeyStore:
+    entries = [{"name": "lim", "key": K_CHAT, "limits": limits}, {"name": "free", "key": K_ALL}]
+    f = write_keys(tmp_path / "k.yaml", entries)
+    return KeyStore(f, clock=clock)
+
+
+def test_rpm_limit_and_window(tmp_path: Path) -> None:
+    clock = FakeClock()
+    m = mw(limited_store(tmp_path, clock, rpm=2), clock=clock)
+    r1 = call(m, "/v1/chat/completions", key=K_CHAT)
+    assert r1.status == 200
+    assert r1.headers["x-ratelimit-limit-requests"] == "2"
+    assert r1.headers["x-ratelimit-remaining-requests"] == "1"
+    assert "x-ratelimit-limit-tokens" not in r1.headers
+    clock.advance(10)
+    assert call(m, "/v1/chat/completions", key=K_CHAT).headers["x-ratelimit-remaining-requests"] == "0"
+    clock.advance(10)
+    r3 = call(m, "/v1/chat/completions", key=K_CHAT)
+    assert r3.status == 429
+    err = r3.json()["error"]
+    assert (err["type"], err["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert r3.headers["retry-after"] == "40"  # first request leaves the window at t+60
+    assert r3.headers["x-ratelimit-limit-requests"] == "2"
+    assert r3.headers["x-ratelimit-remaining-requests"] == "0"
+    assert r3.headers["x-ratelimit-reset-requests"] == "40s"
+    assert call(m, "/v1/chat/completions", key=K_ALL).status == 200  # other keys unaffected
+    assert "x-ratelimit-limit-requests" not in call(m, "/v1/models", key=K_ALL).headers
+    clock.advance(40)
+    assert call(m, "/v1/chat/completions", key=K_CHAT).status == 200
+    assert call(m, "/v1/chat/completions", key=K_CHAT).status == 429
+
+
+def test_retry_after_is_at_least_one(tmp_path: Path) -> None:
+    clock = FakeClock()
+    m = mw(limited_store(tmp_path, clock, rpm=1), clock=clock)
+    assert call(m, "/v1/models", key=K_CHAT).status == 200
+    clock.advance(59.9)
+    r = call(m, "/v1/models", key=K_CHAT)
+    assert r.status == 429 and r.headers["retry-after"] == "1"
+
+
+def test_tpm_limit_via_charge_tokens(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = limited_store(tmp_path, clock, tpm=100)
+    m = mw(store, clock=clock)
+    r = call(m, "/v1/chat/completions", key=K_CHAT)
+    assert r.status == 200
+    assert r.headers["x-ratelimit-limit-tokens"] == "100"
+    assert r.headers["x-ratelimit-remaining-tokens"] == "100"
+    p = store.authenticate(K_CHAT)
+    charge_tokens(p, 60)
+    clock.advance(5)
+    charge_tokens({"state": {"principal": p}}, 40)  # a scope works too
+    charge_tokens(None, 10**9)  # auth disabled: no-op
+    clock.advance(1)
+    r = call(m, "/v1/chat/completions", key=K_CHAT)
+    assert r.status == 429
+    assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert r.headers["retry-after"] == "54"  # the 60 tokens at t0 leave the window at t0+60
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    clock.advance(54)
+    r = call(m, "/v1/chat/completions", key=K_CHAT)
+    assert r.status == 200
+    assert r.headers["x-ratelimit-remaining-tokens"] == "60"
+
+
+def test_concurrency_limit_released_after_stream_and_error(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = limited_store(tmp_path, clock, concurrency=1)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("downstream failed")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/v1/chat/completions":  # a long streamed answer
+            entered.set()
+            await release.wait()
+        for chunk in (b"a", b"b"):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    m = AuthMiddleware(slow, store=store, settings=make_settings(), clock=clock)
+
+    async def go() -> None:
+        first = asyncio.create_task(acall(m, scope_for("/v1/chat/completions", key=K_CHAT)))
+        await asyncio.wait_for(entered.wait(), 2)
+        assert store.limiter.in_flight("lim") == 1
+        second = await acall(m, scope_for("/v1/chat/completions", key=K_CHAT))
+        assert second.status == 429
+        assert int(second.headers["retry-after"]) >= 1
+        assert (await acall(m, scope_for("/v1/models", key=K_ALL))).status == 200  # other key unaffected
+        release.set()
+        r = await asyncio.wait_for(first, 2)
+        assert r.status == 200 and r.body == b"ab"
+        assert store.limiter.in_flight("lim") == 0
+        assert (await acall(m, scope_for("/v1/chat/completions", key=K_CHAT))).status == 200
+
+    asyncio.run(go())
+    admin = write_keys(tmp_path / "k2.yaml", [{"name": "lim", "key": K_ALL, "limits": {"concurrency": 1}}])
+    m2 = AuthMiddleware(slow, store=KeyStore(admin, clock=clock), settings=make_settings(), clock=clock)
+
+    async def go2() -> None:
+        with pytest.raises(RuntimeError):
+            await acall(m2, scope_for("/boom", key=K_ALL))
+        assert m2.store.limiter.in_flight("lim") == 0  # released although the app raised
+
+    asyncio.run(go2())
+
+
+def test_limiter_memory_is_bounded() -> None:
+    clock = FakeClock()
+    lim = auth.RateLimiter(clock)
+    p = Principal("p", limits=auth.Limits(rpm=5, tpm=10**9), _limiter=lim)
+    for _ in range(2000):
+        try:
+            lim.acquire(p)
+            lim.release(p)
+        except auth.RateLimited:
+            pass
+        charge_tokens(p, 3)
+        clock.advance(0.25)
+    st = lim._states["p"]
+    assert len(st.requests) <= 5
+    assert len(st.tokens) <= 61
+
+
+# ---------------------------------------------------------------------------------------------
+# Key store: formats, validation
+# ---------------------------------------------------------------------------------------------
+
+SEED = {
+    "sk-example-key-1": {"user": "admin", "permissions": ["all"]},
+    "sk-example-key-2": {"user": "user1", "permissions": ["chat", "completions"]},
+}
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_seed_dict_format(tmp_path: Path, fmt: str) -> None:
+    f = tmp_path / f"keys.{fmt}"
+    f.write_text(json.dumps(SEED, indent=2) if fmt == "json" else yaml.safe_dump(SEED))
+    store = KeyStore(f)
+    assert store.names == ["admin", "user1"]
+    m = mw(store)
+    assert call(m, "/v1/chat/completions", key="sk-example-key-2").json()["principal"] == "user1"
+    assert call(m, "/generate", key="sk-example-key-2").status == 403
+    assert call(m, "/generate", key="sk-example-key-1").status == 200
+
+
+def test_full_format_and_hashed_keys(tmp_path: Path) -> None:
+    f = tmp_path / "keys.yaml"
+    digest = hashlib.sha256(K_CHAT.encode()).hexdigest()
+    f.write_text(
+        "keys:\n"
+        "  - name: alice\n"
+        f"    key: {K_ALL}\n"
+        "    permissions: [chat, completions]\n"
+        "    models: [gpt-oss-20b]\n"
+        "    limits: {rpm: 60, tpm: 100000, concurrency: 4}\n"
+        "  - name: bob\n"
+        f'    key: "sha256:{digest.upper()}"\n'
+    )
+    store = KeyStore(f)
+    alice, bob = store.authenticate(K_ALL), store.authenticate(K_CHAT)
+    assert alice is not None and bob is not None
+    assert alice.permissions == {"chat", "completions"}
+    assert alice.models == {"gpt-oss-20b"}
+    assert alice.limits == auth.Limits(rpm=60, tpm=100000, concurrency=4)
+    assert bob.name == "bob" and bob.permissions == {"all"} and bob.models is None
+    assert store.authenticate(f"sha256:{digest}") is None  # the hash itself is not a key
+    for text in (repr(alice), repr(bob), str(bob), repr(store)):
+        assert K_ALL not in text and K_CHAT not in text and digest not in text.lower()
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("keys:\n  - name: a\n    key: short-key\n", "shorter than 16"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: [chat, admin]\n", "unknown permission"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: a\n    key: {K_CHAT}\n", "duplicate key name"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: b\n    key: {K_ALL}\n", "same key"),
+        (f"{K_ALL}: {{user: a}}\n{K_ALL}: {{user: b}}\n", "duplicate mapping key"),
+        ("keys:\n  - name: a\n    key: sha256:abc\n", "64 hex"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n    limits: {{rpm: 0}}\n", "positive integer"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n    limits: {{rps: 3}}\n", "unknown limit"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n    permision: [chat]\n", "unknown field"),
+        (f"keys:\n  - key: {K_ALL}\n", "'name'"),
+        (f"keys:\n  - name: has space\n    key: {K_ALL}\n", "'name'"),
+        (f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: []\n", "empty"),
+        (f"keys: [\n  - name: a\n    key: {K_ALL}\n", "invalid YAML"),
+        ("just a string\n", "mapping"),
+    ],
+)
+def test_invalid_files(tmp_path: Path, text: str, fragment: str) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text(text)
+    with pytest.raises(KeysFileError) as ei:
+        KeyStore(f)
+    assert fragment in str(ei.value)
+    for k in (K_ALL, K_CHAT, "short-key"):
+        assert k not in str(ei.value)
+
+
+def test_duplicate_key_in_seed_json(tmp_path: Path) -> None:
+    f = tmp_path / "keys.json"
+    f.write_text('{"%s": {"user": "a"}, "%s": {"user": "b"}}' % (K_ALL, K_ALL))
+    with pytest.raises(KeysFileError) as ei:
+        KeyStore(f)
+    assert K_ALL not in str(ei.value)
+
+
+def test_env_keys(tmp_path: Path, store_file: Path) -> None:
+    k1, k2 = "sk-env-one-0000000000000", "sk-env-two-0000000000000"
+    store = KeyStore.from_settings(make_settings(api_keys=f" {k1} ,{k2},"))
+    assert store.names == ["env-key-1", "env-key-2"]
+    m = mw(store)
+    assert call(m, "/admin", key=k2).json()["principal"] == "env-key-2"  # permission all
+    both = KeyStore.from_settings(make_settings(keys_file=store_file, api_keys=k1))
+    assert "env-key-1" in both.names and "admin" in both.names
+    with pytest.raises(KeysFileError) as ei:
+        KeyStore.from_settings(make_settings(api_keys="test"))
+    assert "shorter than 16" in str(ei.value)
+    with pytest.raises(KeysFileError):  # same key in file and env
+        KeyStore.from_settings(make_settings(keys_file=store_file, api_keys=K_ALL))
+
+
+def test_no_keys_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(NoKeysConfigured) as ei:
+        KeyStore.from_settings(make_settings())
+    msg = str(ei.value)
+    assert isinstance(ei.value, RuntimeError)
+    assert "python auth.py new-key --name NAME >> keys.yaml" in msg
+    assert "GPTOSS_KEYS_FILE=keys.yaml" in msg
+    assert "GPTOSS_API_KEYS=" in msg
+    assert "GPTOSS_AUTH_DISABLED=true" in msg
+    empty = tmp_path / "keys.yaml"
+    empty.write_text("keys:\n")
+    with pytest.raises(NoKeysConfigured):
+        auth.validate_auth_config(make_settings(keys_file=empty))
+    app = Echo()
+    m = AuthMiddleware(app, settings=make_settings())  # never raises: BentoML builds it in lifespan
+    caplog.set_level(logging.ERROR, logger="auth")
+    for path in ("/v1/models", "/health"):  # fail closed, even the probes
+        r = call(m, path)
+        assert r.status == 503 and r.json()["error"]["code"] == "auth_not_configured"
+    assert app.calls == []
+    assert "GPTOSS_KEYS_FILE=keys.yaml" in caplog.text
+    empty.write_text("keys: [")
+    with pytest.raises(KeysFileError):
+        auth.validate_auth_config(make_settings(keys_file=empty))
+    with pytest.raises(KeysFileError):
+        auth.validate_auth_config(make_settings(keys_file=tmp_path / "missing.yaml"))
+
+
+def test_validate_auth_config_and_global_store(store_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="auth")
+    settings = make_settings(keys_file=store_file)
+    store = auth.validate_auth_config(settings)
+    assert store is not None and store is auth.get_key_store(settings)
+    assert "5 keys loaded" in caplog.text and "chatter" in caplog.text
+    previous = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+    try:
+        m = AuthMiddleware(Echo(), settings=settings)  # how BentoML builds it: no store given
+        assert call(m, "/v1/chat/completions", key=K_CHAT).status == 200
+        assert m.store is store
+        assert store._watcher is not None and store._watcher.is_alive()  # file changes are picked up
+        if previous is not None:
+            assert signal.getsignal(signal.SIGHUP) is not previous  # SIGHUP reloads
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+    for k in ALL_KEYS:
+        assert k not in caplog.text
+
+
+def test_auth_disabled(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="auth")
+    settings = make_settings(auth_disabled=True)
+    assert auth.validate_auth_config(settings) is None
+    assert any(r.levelno == logging.WARNING and "DISABLED" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    app = Echo()
+    m = AuthMiddleware(app, settings=settings)
+    for path in ("/v1/chat/completions", "/generate", "/admin"):
+        r = call(m, path)
+        assert r.status == 200 and r.json()["principal"] is None
+    assert any(r.levelno == logging.WARNING and "DISABLED" in r.getMessage() for r in caplog.records)
+    assert auth.get_key_store(settings) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reload
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reload_good_and_broken_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    f = write_keys(tmp_path / "k.yaml", [{"name": "old", "key": K_CHAT, "permissions": ["chat"]}])
+    store = KeyStore(f)
+    m = mw(store)
+    before = store.authenticate(K_CHAT)
+    assert call(m, "/v1/chat/completions", key=K_CHAT).status == 200
+
+    write_keys(f, [{"name": "new", "key": K_COMP, "permissions": ["completions"]}])
+    assert store.reload() is True
+    assert_401(call(m, "/v1/chat/completions", key=K_CHAT))  # revoked
+    assert call(m, "/v1/completions", key=K_COMP).json()["principal"] == "new"
+    assert before is not None and before.name == "old"  # an in-flight request keeps its Principal
+
+    secret = "sk-leaky-secret-in-broken-file-1234"
+    f.write_text(f"keys:\n  - name: x\n    key: {secret}\n    permissions: [chat\n  - {K_ALL}: [\n")
+    caplog.clear()
+    assert store.reload() is False
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "invalid YAML" in errors[0].getMessage()
+    assert call(m, "/v1/completions", key=K_COMP).status == 200  # old keys kept
+    f.write_text(f"keys:\n  - name: y\n    key: {secret}\n    permissions: [root]\n")
+    assert store.reload() is False
+    assert "unknown permission" in caplog.text
+    assert call(m, "/v1/completions", key=K_COMP).status == 200
+    for k in (secret, K_ALL, K_CHAT, K_COMP, hashlib.sha256(secret.encode()).hexdigest()):
+        assert k not in caplog.text
+
+
+def test_limit_state_survives_reload(tmp_path: Path) -> None:
+    clock = FakeClock()
+    f = write_keys(tmp_path / "k.yaml", [{"name": "lim", "key": K_CHAT, "limits": {"rpm": 1}}])
+    store = KeyStore(f, clock=clock)
+    m = mw(store, clock=clock)
+    assert call(m, "/v1/models", key=K_CHAT).status == 200
+    write_keys(f, [{"name": "lim", "key": K_COMP, "limits": {"rpm": 1}}])  # rotated key, same name
+    assert store.reload()
+    assert call(m, "/v1/models", key=K_COMP).status == 429
+    write_keys(f, [{"name": "other", "key": K_COMP, "limits": {"rpm": 1}}])
+    assert store.reload()
+    assert call(m, "/v1/models", key=K_COMP).status == 200
+    assert "lim" not in store.limiter._states  # state of removed keys is dropped
+
+
+def test_watcher_reloads_on_change(tmp_path: Path) -> None:
+    f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}])
+    store = KeyStore(f)
+    store.start_watching(interval=0.02)
+    try:
+        write_keys(f, [{"name": "a", "key": K_ALL}, {"name": "b", "key": K_CHAT}])
+        deadline = time.monotonic() + 3
+        while store.authenticate(K_CHAT) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.authenticate(K_CHAT) is not None
+    finally:
+        store.stop_watching()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_reloads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}])
+    store = KeyStore(f)
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        assert auth.install_sighup_handler(store) is True
+        write_keys(f, [{"name": "b", "key": K_CHAT}])
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 3
+        while store.authenticate(K_CHAT) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.authenticate(K_CHAT) is not None
+        assert store.authenticate(K_ALL) is None
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(auth.install_sighup_handler(store)))
+    caplog.set_level(logging.WARNING, logger="auth")
+    t.start()
+    t.join()
+    assert result == [False]
+    assert "SIGHUP is unavailable" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Websocket
+# ---------------------------------------------------------------------------------------------
+
+
+def test_websocket_needs_a_key(store_file: Path) -> None:
+    app = Echo()
+    m = mw(KeyStore(store_file), app=app)
+
+    async def ws(key: str | None, path: str = "/v1/chat/completions") -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        async def send(msg: dict[str, Any]) -> None:
+            sent.append(msg)
+
+        await m(scope_for(path, key=key, type="websocket"), receive, send)
+        return sent
+
+    assert asyncio.run(ws(None))[0] == {"type": "websocket.close", "code": 1008, "reason": "invalid API key"}
+    assert asyncio.run(ws(None, "/health"))[0]["code"] == 1008
+    assert asyncio.run(ws(K_MODELS))[0]["code"] == 1008  # lacks chat
+    assert app.calls == []
+    assert asyncio.run(ws(K_CHAT))[0] == {"type": "websocket.accept"}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_new_key_appends_and_authenticates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text("keys:\n")  # as documented: echo "keys:" > keys.yaml
+    assert auth.main(["new-key", "--name", "alice", "--permissions", "chat,completions", "--models", "gpt-oss-20b",
+                      "--rpm", "60", "--tpm", "1000", "--concurrency", "2"]) == 0
+    out = capsys.readouterr()
+    with f.open("a") as fh:
+        fh.write(out.out)
+    assert auth.main(["new-key", "--name", "bob", "--hashed"]) == 0
+    hashed = capsys.readouterr()
+    with f.open("a") as fh:
+        fh.write(hashed.out)
+
+    entries = yaml.safe_load(f.read_text())["keys"]
+    assert [e["name"] for e in entries] == ["alice", "bob"]
+    alice_key = entries[0]["key"]
+    assert alice_key.startswith("sk-") and len(alice_key) >= 40
+    assert entries[1]["key"].startswith("sha256:")
+    bob_key = hashed.err.strip().splitlines()[-1]
+    assert bob_key.startswith("sk-") and bob_key not in hashed.out
+
+    store = KeyStore(f)
+    alice = store.authenticate(alice_key)
+    assert alice is not None
+    assert alice.limits == auth.Limits(rpm=60, tpm=1000, concurrency=2)
+    assert alice.models == {"gpt-oss-20b"}
+    m = mw(store)
+    assert call(m, "/v1/chat/completions", key=alice_key).json()["principal"] == "alice"
+    assert call(m, "/generate", key=alice_key).status == 403
+    assert call(m, "/generate", key=bob_key).json()["principal"] == "bob"
+
+    assert auth.main(["check-file", str(f)]) == 0
+    listing = capsys.readouterr().out
+    assert "alice: permissions=chat,completions" in listing and "bob: permissions=all" in listing
+    assert alice_key not in listing
+
+
+def test_cli_errors_and_hash_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert auth.main(["new-key", "--name", "x", "--permissions", "chat,root"]) == 2
+    assert "unknown permission" in capsys.readouterr().err
+    assert auth.main(["hash-key", K_ALL]) == 0
+    assert capsys.readouterr().out.strip() == "sha256:" + hashlib.sha256(K_ALL.encode()).hexdigest()
+    assert auth.main(["hash-key", "short"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: [nope]\n")
+    assert auth.main(["check-file", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID" in err and K_ALL not in err
