@@ -6,6 +6,7 @@ Every field here is documented in the README's configuration table; keep the two
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -61,11 +62,24 @@ class Settings(BaseSettings):
     public_metrics: bool = Field(True, description="Serve /metrics without a key.")
 
     # --- logging -----------------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Level of this project's loggers.")
     log_prompts: bool = Field(False, description="Debug: include prompts and outputs in logs.")
 
     @property
     def is_tiny(self) -> bool:
         return self.model == "tiny"
+
+
+# This project's modules; BentoML configures the root handlers, we set our loggers' level.
+PROJECT_LOGGERS = (
+    "gptoss", "auth", "engine", "loader", "serving", "openai_compat", "harmony_mapping",
+    "harmony_vocab", "model_runner", "tiny_model", "metrics",
+)
+
+
+def configure_logging(settings: Settings) -> None:
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(settings.log_level.upper())
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,575 @@
+"""Request handling between the thin routes and the engine: one code path for stream and not.
+
+A chat request is rendered to Harmony tokens, submitted as ``n`` engine requests, and each
+choice's token events go through the same :class:`ChoiceRun` (Harmony parser, stop strings,
+logprobs, usage). Streaming turns its pieces into SSE chunks as they come; non-streaming
+drains exactly the same pieces into one response, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
+from errors import APIError, bad_request
+from harmony_mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
+from protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    to_sampling_params,
+)
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    """What the routes need at run time; attached to the FastAPI app by the service."""
+
+    engine: EngineProtocol
+    encoding: Any  # openai_harmony.HarmonyEncoding
+    settings: Settings
+    random_weights: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+# --------------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def check_model(backend: Backend, model: str | None) -> None:
+    if model != backend.settings.served_model_name:
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist. This server serves '{backend.settings.served_model_name}'.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def resolve_max_tokens(backend: Backend, prompt_len: int, requested: int | None) -> int:
+    """Tokens the completion may use: the request's (checked) or the default, within the context."""
+    ctx = backend.engine.max_context
+    if prompt_len >= ctx:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {ctx} tokens. However, your prompt is {prompt_len} tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    room = ctx - prompt_len
+    if requested is not None:
+        if requested > room:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the completion).",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return requested
+    return min(backend.settings.default_max_tokens, room)
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def _logprob_entry(token_id: int, logprob: float, top: Sequence[tuple[int, float]] | None) -> dict[str, Any]:
+    return {
+        "token": token_text(token_id),
+        "logprob": logprob,
+        "bytes": list(token_bytes(token_id)),
+        "top_logprobs": [
+            {"token": token_text(t), "logprob": lp, "bytes": list(token_bytes(t))} for t, lp in (top or ())
+        ],
+    }
+
+
+async def _merge(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """Interleave several async iterators as items arrive (n > 1 choices)."""
+    if len(gens) == 1:
+        async for item in gens[0]:
+            yield item
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    async def pump(gen: AsyncIterator[Any]) -> None:
+        try:
+            async for item in gen:
+                await queue.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            await queue.put(exc)
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.create_task(pump(g)) for g in gens]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+# --------------------------------------------------------------------------------------------------
+# chat
+
+
+@dataclass
+class ChatPiece:
+    """What one step of one choice adds: a delta dict (OpenAI shape) and optional logprobs."""
+
+    index: int
+    delta: dict[str, Any]
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class ChoiceRun:
+    """Turns one engine stream into chat deltas: Harmony parsing, stop strings, logprobs."""
+
+    def __init__(
+        self,
+        index: int,
+        stream: RequestStream,
+        parser: ChatStreamParser,
+        stops: list[str],
+        *,
+        want_logprobs: bool,
+        reasoning_keys: tuple[str, ...],
+    ) -> None:
+        self.index = index
+        self.stream = stream
+        self.parser = parser
+        self.stop = StopMatcher(stops)
+        self.want_logprobs = want_logprobs
+        self.reasoning_keys = reasoning_keys
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.first_token_at: float | None = None
+        self._events: list[TokenEvent] = []
+
+    def _delta_for(self, deltas: list[Any]) -> tuple[dict[str, Any], list[int], bool]:
+        """Fold parser deltas into one OpenAI delta; returns (delta, content token indices, stop hit)."""
+        out: dict[str, Any] = {}
+        content_tokens: list[int] = []
+        hit = False
+        for d in deltas:
+            if d.kind == "reasoning":
+                for key in self.reasoning_keys:
+                    out[key] = out.get(key, "") + d.text
+            elif d.kind == "content":
+                if hit:
+                    continue
+                text, hit = self.stop.push(d.text)
+                if text:
+                    out["content"] = out.get("content", "") + text
+                    if d.token_index is not None:
+                        content_tokens.append(d.token_index)
+            elif d.kind == "tool_call_start":
+                calls = out.setdefault("tool_calls", [])
+                calls.append(
+                    {
+                        "index": d.tool_index,
+                        "id": d.tool_id,
+                        "type": "function",
+                        "function": {"name": d.tool_name, "arguments": ""},
+                    }
+                )
+            elif d.kind == "tool_call_args":
+                calls = out.setdefault("tool_calls", [])
+                if calls and calls[-1]["index"] == d.tool_index:
+                    calls[-1]["function"]["arguments"] += d.text
+                else:
+                    calls.append({"index": d.tool_index, "function": {"arguments": d.text}})
+        return out, content_tokens, hit
+
+    async def pieces(self) -> AsyncIterator[ChatPiece]:
+        engine_finish: str | None = None
+        try:
+            async for ev in self.stream:
+                if ev.token_id >= 0:
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    self.completion_tokens += 1
+                    self._events.append(ev)
+                    deltas = self.parser.feed(ev.token_id)
+                else:
+                    deltas = []
+                if ev.finish_reason is not None:
+                    engine_finish = ev.finish_reason
+                    deltas = deltas + self.parser.finish(ev.finish_reason)
+                delta, content_tokens, hit = self._delta_for(deltas)
+                if hit:
+                    self.stream.cancel()
+                    self.finish_reason = "stop"
+                    if delta:
+                        yield ChatPiece(self.index, delta, self._logprobs(content_tokens))
+                    return
+                if engine_finish is not None:
+                    tail = self.stop.flush()
+                    if tail:
+                        delta["content"] = delta.get("content", "") + tail
+                    if engine_finish == "abort":
+                        raise APIError(503, "The request was aborted (timeout or shutdown).", code="request_aborted")
+                    self.finish_reason = self.parser.finish_reason
+                if delta:
+                    yield ChatPiece(self.index, delta, self._logprobs(content_tokens))
+        finally:
+            self.stream.cancel()
+
+    def _logprobs(self, token_indices: list[int]) -> list[dict[str, Any]] | None:
+        if not self.want_logprobs:
+            return None
+        entries = []
+        for i in token_indices:
+            ev = self._events[i] if i < len(self._events) else None
+            if ev is not None and ev.logprob is not None:
+                entries.append(_logprob_entry(ev.token_id, ev.logprob, ev.top_logprobs))
+        return entries
+
+
+class ChatHandler:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def _reasoning_keys(self, req: ChatCompletionRequest) -> tuple[str, ...]:
+        if req.include_reasoning is False:
+            return ()
+        mode = self.backend.settings.reasoning_field
+        return ("reasoning_content", "reasoning") if mode == "both" else (mode,)
+
+    def start(self, req: ChatCompletionRequest, key_name: str | None = None) -> "ChatJob":
+        b = self.backend
+        check_model(b, req.model)
+        dumped = req.model_dump(exclude_none=True)
+        rendered = render_chat(
+            dumped["messages"],
+            encoding=b.encoding,
+            tools=dumped.get("tools"),
+            tool_choice=dumped.get("tool_choice"),
+            reasoning_effort=req.effective_reasoning_effort(),
+        )
+        prompt = rendered.prompt_ids
+        max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
+        runs = []
+        streams = []
+        try:
+            for i in range(req.n or 1):
+                params = to_sampling_params(
+                    req, max_tokens=max_tokens, stop_token_ids=rendered.stop_token_ids, seed_offset=i
+                )
+                stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
+                streams.append(stream)
+                runs.append(
+                    ChoiceRun(
+                        i,
+                        stream,
+                        ChatStreamParser(b.encoding, prefill_ids=rendered.prefill_ids),
+                        _stops(req.stop),
+                        want_logprobs=bool(req.logprobs),
+                        reasoning_keys=self._reasoning_keys(req),
+                    )
+                )
+        except BaseException:
+            for s in streams:
+                s.cancel()
+            raise
+        return ChatJob(req, runs, len(prompt), b.settings.served_model_name)
+
+
+@dataclass
+class ChatJob:
+    request: ChatCompletionRequest
+    runs: list[ChoiceRun]
+    prompt_tokens: int
+    model: str
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def cancel(self) -> None:
+        for r in self.runs:
+            r.stream.cancel()
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(r.completion_tokens for r in self.runs)
+        reasoning = sum(r.parser.reasoning_token_count for r in self.runs)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }
+
+    async def response(self) -> ChatCompletion:
+        """Drain every choice (the same pieces the stream would send) into one response."""
+        acc: dict[int, dict[str, Any]] = {r.index: {"tool_calls": {}} for r in self.runs}
+        logprobs: dict[int, list[dict[str, Any]]] = {r.index: [] for r in self.runs}
+        async for piece in _merge([r.pieces() for r in self.runs]):
+            a = acc[piece.index]
+            for key, val in piece.delta.items():
+                if key == "tool_calls":
+                    for call in val:
+                        slot = a["tool_calls"].setdefault(call["index"], {"id": None, "name": None, "arguments": ""})
+                        slot["id"] = call.get("id") or slot["id"]
+                        fn = call.get("function", {})
+                        slot["name"] = fn.get("name") or slot["name"]
+                        slot["arguments"] += fn.get("arguments", "")
+                else:
+                    a[key] = a.get(key, "") + val
+            if piece.logprobs:
+                logprobs[piece.index].extend(piece.logprobs)
+        choices = []
+        for r in self.runs:
+            a = acc[r.index]
+            calls = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for _, c in sorted(a.pop("tool_calls").items())
+            ]
+            message: dict[str, Any] = {"role": "assistant", "content": a.pop("content", None)}
+            if calls:
+                message["tool_calls"] = calls
+            message.update(a)  # reasoning fields, as configured
+            choices.append(
+                {
+                    "index": r.index,
+                    "message": message,
+                    "logprobs": {"content": logprobs[r.index]} if self.request.logprobs else None,
+                    "finish_reason": r.finish_reason or "stop",
+                }
+            )
+        return ChatCompletion.model_validate(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                "usage": self.usage(),
+            }
+        )
+
+    async def sse(self) -> AsyncIterator[str]:
+        """SSE lines: a role chunk per choice, deltas as generated, finish chunks, usage, [DONE]."""
+        include_usage = bool(self.request.stream_options and self.request.stream_options.include_usage)
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+            return ChatCompletionChunk.model_validate(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": choices,
+                    "usage": usage,
+                }
+            ).to_sse()
+
+        try:
+            for r in self.runs:
+                yield chunk([{"index": r.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            async for piece in _merge([r.pieces() for r in self.runs]):
+                choice: dict[str, Any] = {"index": piece.index, "delta": piece.delta, "finish_reason": None}
+                if piece.logprobs is not None:
+                    choice["logprobs"] = {"content": piece.logprobs}
+                yield chunk([choice])
+            for r in self.runs:
+                yield chunk([{"index": r.index, "delta": {}, "finish_reason": r.finish_reason or "stop"}])
+            if include_usage:
+                yield chunk([], self.usage())
+        except APIError as err:
+            yield f"data: {json.dumps(err.body())}\n\n"
+        finally:
+            self.cancel()
+        yield "data: [DONE]\n\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# legacy completions
+
+
+class CompletionRun:
+    """One choice of a raw-text completion: incremental detokenization and stop strings."""
+
+    def __init__(self, index: int, stream: RequestStream, encoding: Any, stops: list[str], logprobs: int | None) -> None:
+        self.index = index
+        self.stream = stream
+        self.decoder = IncrementalDecoder(encoding)
+        self.stop = StopMatcher(stops)
+        self.logprobs = logprobs
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.text_offset = 0
+
+    async def pieces(self) -> AsyncIterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+        """Yields (index, text, legacy logprobs for this piece, finish_reason)."""
+        try:
+            async for ev in self.stream:
+                lp = None
+                text = ""
+                if ev.token_id >= 0:
+                    self.completion_tokens += 1
+                    text = self.decoder.push(ev.token_id)
+                    if self.logprobs is not None and ev.logprob is not None:
+                        tok = token_text(ev.token_id)
+                        lp = {
+                            "tokens": [tok],
+                            "token_logprobs": [ev.logprob],
+                            "top_logprobs": [{token_text(t): v for t, v in (ev.top_logprobs or ())}],
+                            "text_offset": [self.text_offset],
+                        }
+                if ev.finish_reason is not None:
+                    text += self.decoder.flush()
+                out, hit = self.stop.push(text)
+                if hit:
+                    self.stream.cancel()
+                    self.finish_reason = "stop"
+                    yield self.index, out, lp, "stop"
+                    return
+                if ev.finish_reason is not None:
+                    if ev.finish_reason == "abort":
+                        raise APIError(503, "The request was aborted (timeout or shutdown).", code="request_aborted")
+                    out += self.stop.flush()
+                    self.finish_reason = ev.finish_reason
+                self.text_offset += len(out)
+                if out or lp or ev.finish_reason:
+                    yield self.index, out, lp, self.finish_reason
+        finally:
+            self.stream.cancel()
+
+
+class CompletionHandler:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def _prompts(self, req: CompletionRequest) -> list[list[int]]:
+        p = req.prompt
+        enc = self.backend.encoding
+        if isinstance(p, str):
+            return [enc.encode(p, allowed_special="all")]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        out = []
+        for item in p:  # type: ignore[union-attr]
+            out.append(enc.encode(item, allowed_special="all") if isinstance(item, str) else list(item))
+        if any(not ids for ids in out):
+            raise bad_request("prompt must not be empty", param="prompt")
+        vocab = 201088
+        if any(t < 0 or t >= vocab for ids in out for t in ids):
+            raise bad_request("prompt token ids must be within the vocabulary", param="prompt")
+        return out
+
+    def start(self, req: CompletionRequest, key_name: str | None = None) -> "CompletionJob":
+        b = self.backend
+        check_model(b, req.model)
+        prompts = self._prompts(req)
+        runs: list[CompletionRun] = []
+        echoes: list[str] = []
+        prompt_tokens = 0
+        try:
+            for pi, prompt in enumerate(prompts):
+                max_tokens = resolve_max_tokens(b, len(prompt), req.max_tokens)
+                prompt_tokens += len(prompt)
+                for j in range(req.n or 1):
+                    params = to_sampling_params(req, max_tokens=max_tokens, seed_offset=j)
+                    stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
+                    runs.append(CompletionRun(len(runs), stream, b.encoding, _stops(req.stop), req.logprobs))
+                    echoes.append(b.encoding.decode(prompt) if req.echo else "")
+        except BaseException:
+            for r in runs:
+                r.stream.cancel()
+            raise
+        return CompletionJob(req, runs, echoes, prompt_tokens, b.settings.served_model_name)
+
+
+@dataclass
+class CompletionJob:
+    request: CompletionRequest
+    runs: list[CompletionRun]
+    echoes: list[str]
+    prompt_tokens: int
+    model: str
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def cancel(self) -> None:
+        for r in self.runs:
+            r.stream.cancel()
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(r.completion_tokens for r in self.runs)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def _envelope(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage,
+        }
+
+    async def response(self) -> Completion:
+        texts = {r.index: self.echoes[r.index] for r in self.runs}
+        lps: dict[int, dict[str, list[Any]]] = {
+            r.index: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for r in self.runs
+        }
+        async for index, text, lp, _ in _merge([r.pieces() for r in self.runs]):
+            texts[index] += text
+            if lp:
+                for k, v in lp.items():
+                    lps[index][k].extend(v)
+        choices = [
+            {
+                "index": r.index,
+                "text": texts[r.index],
+                "logprobs": lps[r.index] if self.request.logprobs is not None else None,
+                "finish_reason": r.finish_reason or "stop",
+            }
+            for r in self.runs
+        ]
+        return Completion.model_validate(self._envelope(choices, self.usage()))
+
+    async def sse(self) -> AsyncIterator[str]:
+        include_usage = bool(self.request.stream_options and self.request.stream_options.include_usage)
+        try:
+            for r in self.runs:
+                if self.echoes[r.index]:
+                    c = {"index": r.index, "text": self.echoes[r.index], "logprobs": None, "finish_reason": None}
+                    yield Completion.model_validate(self._envelope([c], None)).to_sse()
+            async for index, text, lp, finish in _merge([r.pieces() for r in self.runs]):
+                c = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+                yield Completion.model_validate(self._envelope([c], None)).to_sse()
+            if include_usage:
+                yield Completion.model_validate(self._envelope([], self.usage())).to_sse()
+        except APIError as err:
+            yield f"data: {json.dumps(err.body())}\n\n"
+        finally:
+            self.cancel()
+        yield "data: [DONE]\n\n"

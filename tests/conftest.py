@@ -1,0 +1,131 @@
+"""Shared fixtures. End-to-end tests run the real ``bentoml serve`` with the tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Keep the tiny model and the vocabulary copy between runs (gitignored).
+os.environ.setdefault("GPTOSS_CACHE_DIR", str(REPO / ".cache" / "gptoss"))
+sys.path.insert(0, str(REPO))
+
+ADMIN_KEY = "sk-test-admin-0123456789abcdef"
+CHAT_KEY = "sk-test-chatonly-0123456789abcdef"
+MODELS_KEY = "sk-test-modelsonly-0123456789abcd"
+LIMITED_KEY = "sk-test-limited-0123456789abcdef"
+OTHER_MODEL_KEY = "sk-test-othermodel-0123456789abcd"
+
+KEYS_YAML = f"""
+keys:
+  - name: admin
+    key: {ADMIN_KEY}
+    permissions: [all]
+  - name: chatter
+    key: {CHAT_KEY}
+    permissions: [chat]
+  - name: lister
+    key: {MODELS_KEY}
+    permissions: [models]
+  - name: limited
+    key: {LIMITED_KEY}
+    permissions: [all]
+    limits: {{rpm: 2}}
+  - name: othermodel
+    key: {OTHER_MODEL_KEY}
+    permissions: [all]
+    models: [some-other-model]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RemoteServer:
+    """``bentoml serve service:GptOss`` in a subprocess on a free port (cf. vLLM's RemoteOpenAIServer)."""
+
+    def __init__(self, env: dict[str, str], *, startup_timeout: float = 240.0, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", **env}
+        self.log_path = log_path
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:GptOss", "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready(startup_timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()[-4000:]}")
+            try:
+                if httpx.get(self.url("/health"), timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout}s: {self.logs()[-4000:]}")
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def client(self, api_key: str = ADMIN_KEY, **kw):  # -> openai.OpenAI
+        import openai
+
+        return openai.OpenAI(base_url=self.url("/v1"), api_key=api_key, max_retries=0, timeout=120, **kw)
+
+    def async_client(self, api_key: str = ADMIN_KEY, **kw):  # -> openai.AsyncOpenAI
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url("/v1"), api_key=api_key, max_retries=0, timeout=120, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    path.write_text(KEYS_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
+    """One shared server with the tiny model and the test keys."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file)}, log_path=log)
+    yield srv
+    srv.stop()
