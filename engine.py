@@ -122,6 +122,7 @@ class Engine:
         self._inbox: collections.deque[_Seq] = collections.deque()
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []
+        self._chunked: tuple[_Seq, Any] | None = None  # a long prompt being prefilled
         self._stopping = False
         self._draining = False
         self._thread: threading.Thread | None = None
@@ -156,7 +157,7 @@ class Engine:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
-                busy = bool(self._inbox or self._waiting or self._running)
+                busy = bool(self._inbox or self._waiting or self._running or self._chunked)
             if not busy:
                 break
             await asyncio.sleep(0.05)
@@ -169,7 +170,7 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             return EngineStats(
-                running=len(self._running),
+                running=len(self._running) + (self._chunked is not None),
                 waiting=len(self._waiting) + len(self._inbox),
                 kv_tokens=self._runner.kv_tokens() if self._runner is not None else 0,
                 steps=self._steps,
@@ -217,7 +218,7 @@ class Engine:
         logger.info("Engine ready (max_running=%d, kv budget=%d tokens)", self.config.max_running, self.config.kv_cache_tokens)
         while True:
             with self._lock:
-                while not (self._inbox or self._waiting or self._running or self._stopping):
+                while not (self._inbox or self._waiting or self._running or self._chunked or self._stopping):
                     self._wakeup.wait()
                 if self._stopping:
                     break
@@ -239,6 +240,9 @@ class Engine:
     def _abort_all(self) -> None:
         with self._lock:
             pending = list(self._inbox) + list(self._waiting) + self._running
+            if self._chunked is not None:
+                pending.append(self._chunked[0])
+                self._chunked = None
             self._inbox.clear()
             self._waiting.clear()
             self._running = []
@@ -252,7 +256,7 @@ class Engine:
             pass
 
     def _step(self) -> None:
-        from model_runner import SamplerState, sample
+        from model_runner import sample
 
         now = time.monotonic()
         # 1. Drop cancelled or expired requests, waiting or running.
@@ -267,18 +271,37 @@ class Engine:
                 seq.events.append(TokenEvent(NO_TOKEN, finish_reason="abort"))
         self._retire()
 
-        # 2. Admit and prefill.
-        admitted: list[_Seq] = []
+        # 2. Admit and prefill. Prompts longer than the per-step budget are prefilled in chunks,
+        #    one chunk per step, so running streams are not stalled behind them.
         budget = self.config.max_batched_tokens
+        if self._chunked is not None:
+            seq, job = self._chunked
+            if seq.stream.cancelled or now > seq.deadline:
+                self._chunked = None
+                seq.finish = "abort"
+                self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+            else:
+                logits = self._runner.prefill_chunk(job, budget)
+                budget = 0
+                if logits is not None:
+                    self._chunked = None
+                    self._start_running([seq], logits)
+        admitted: list[_Seq] = []
         timeline = self._runner.batch.length if self._runner.batch is not None else 0
         while self._waiting and len(self._running) + len(admitted) < self.config.max_running:
             seq = self._waiting[0]
             n = len(seq.request.prompt_ids)
             rows = len(self._running) + len(admitted) + 1
             fits_kv = rows * max(timeline, n) <= self.config.kv_cache_tokens
-            if admitted and (n > budget or not fits_kv):
+            if not fits_kv and (admitted or self._running):
                 break
-            if not admitted and self._running and not fits_kv:
+            if n > self.config.max_batched_tokens:
+                if self._chunked is not None or len(self._running) + len(admitted) + 1 >= self.config.max_running:
+                    break
+                self._waiting.popleft()
+                self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
+                continue
+            if n > budget:
                 break
             self._waiting.popleft()
             admitted.append(seq)
@@ -286,13 +309,7 @@ class Engine:
             timeline = max(timeline, n)
         if admitted:
             logits = self._runner.prefill([s.request.prompt_ids for s in admitted])
-            for seq in admitted:
-                seq.sampler = SamplerState.create(seq.request.params, seq.request.prompt_ids, self._vocab)
-                seq.context_len = len(seq.request.prompt_ids)
-                self._prompt_tokens += seq.context_len
-            self._running.extend(admitted)
-            self._emit(admitted, sample(logits, [s.sampler for s in admitted]))
-            self._retire()
+            self._start_running(admitted, logits)
 
         # 3. One batched decode step for everyone still running.
         if self._running:
@@ -301,6 +318,19 @@ class Engine:
             self._retire()
         self._steps += 1
         self._flush()
+
+    def _start_running(self, seqs: list[_Seq], logits: Any) -> None:
+        """Sequences whose prompt is in the batch: sample their first token and run them."""
+        from model_runner import SamplerState, sample
+
+        for seq in seqs:
+            seq.sampler = SamplerState.create(seq.request.params, seq.request.prompt_ids, self._vocab)
+            seq.context_len = len(seq.request.prompt_ids)
+            self._prompt_tokens += seq.context_len
+        with self._lock:
+            self._running.extend(seqs)
+        self._emit(seqs, sample(logits, [s.sampler for s in seqs]))
+        self._retire()
 
     def _emit(self, seqs: list[_Seq], sampled: list[Any]) -> None:
         for seq, s in zip(seqs, sampled):

@@ -142,6 +142,35 @@ class ModelRunner:
         return out.logits[:, -1]
 
     @torch.inference_mode()
+    def prefill_chunk(self, job: "ChunkedPrefill", budget: int) -> torch.Tensor | None:
+        """Prefill the next ``budget`` tokens of a long prompt in its own cache.
+
+        Long prompts are split over several engine steps so running streams keep getting a
+        token every step. Returns the last logits [1, V] (and joins the batch) once done.
+        """
+        start = job.done
+        chunk = job.prompt[start : start + budget]
+        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(chunk), device=self.device)[None]
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            cache=job.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        job.done += len(chunk)
+        if job.done < len(job.prompt):
+            return None
+        mask = torch.ones((1, len(job.prompt)), dtype=torch.long, device=self.device)
+        new = Batch(job.cache, mask, mask.sum(-1))
+        self.batch = new if self.batch is None else self._merge(self.batch, new)
+        return out.logits[:, -1]
+
+    def start_chunked(self, prompt: Sequence[int]) -> "ChunkedPrefill":
+        return ChunkedPrefill(list(prompt), DynamicCache(config=self.config))
+
+    @torch.inference_mode()
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         """One decode step for every row with its last sampled token; returns logits [B, V]."""
         batch = self.batch
@@ -162,6 +191,15 @@ class ModelRunner:
     def kv_tokens(self) -> int:
         """Timeline slots held by the batch (rows x length): what the KV-cache budget bounds."""
         return 0 if self.batch is None else self.batch.size * self.batch.length
+
+
+@dataclass
+class ChunkedPrefill:
+    """A long prompt being prefilled a chunk per step, outside the running batch."""
+
+    prompt: list[int]
+    cache: DynamicCache
+    done: int = 0
 
 
 @dataclass

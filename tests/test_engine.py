@@ -202,3 +202,25 @@ async def test_logprobs_shape(model):
             assert ev.top_logprobs[0][0] == ev.token_id  # greedy picks the most likely token
     finally:
         await engine.shutdown(1)
+
+
+async def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model):
+    """A prompt over the per-step budget is prefilled a chunk per step; results are unchanged."""
+    long_prompt = list(range(2000, 2300))
+    ref_engine = make_engine(model)
+    try:
+        alone = await collect(ref_engine, long_prompt, greedy(6))
+        short_alone = await collect(ref_engine, PROMPTS[2], greedy(12))
+    finally:
+        await ref_engine.shutdown(1)
+    engine = make_engine(model, max_batched_tokens=64)
+    try:
+        short = asyncio.create_task(collect(engine, PROMPTS[2], greedy(12)))
+        await asyncio.sleep(0.05)
+        steps_before = engine.stats().steps
+        got = await collect(engine, long_prompt, greedy(6))
+        assert got == alone
+        assert engine.stats().steps - steps_before >= 300 // 64  # took several steps
+        assert await short == short_alone
+    finally:
+        await engine.shutdown(1)
