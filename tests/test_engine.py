@@ -224,3 +224,17 @@ async def test_long_prompt_is_prefilled_in_chunks_without_stalling_others(model)
         assert await short == short_alone
     finally:
         await engine.shutdown(1)
+
+
+async def test_top_k_and_min_p_narrow_sampling(model):
+    """top_k=1 and min_p=1 leave only the most likely token: sampling then equals greedy."""
+    engine = make_engine(model)
+    try:
+        base = await collect(engine, PROMPTS[0], greedy(8))
+        assert await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=1.5, top_k=1)) == base
+        assert await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=1.5, min_p=1.0)) == base
+        assert await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=1.0, top_p=1e-9)) == base
+        wide = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=8, temperature=1.5, top_k=50, seed=3))
+        assert wide != base
+    finally:
+        await engine.shutdown(1)
