@@ -246,37 +246,31 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class SystemMessage(BaseModel):
+class _PlainMessage(BaseModel):
+    """A message whose content is text only (or text parts): system, developer, user."""
+
     model_config = _REQUEST_CONFIG
 
+    def text_content(self, param: str = "content") -> str:
+        return content_text(self.content, param=param) or ""  # type: ignore[attr-defined]
+
+
+class SystemMessage(_PlainMessage):
     content: TextContent
     role: Literal["system"]
     name: str | None = None
 
-    def text_content(self, param: str = "content") -> str:
-        return content_text(self.content, param=param) or ""
 
-
-class DeveloperMessage(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class DeveloperMessage(_PlainMessage):
     content: TextContent
     role: Literal["developer"]
     name: str | None = None
 
-    def text_content(self, param: str = "content") -> str:
-        return content_text(self.content, param=param) or ""
 
-
-class UserMessage(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class UserMessage(_PlainMessage):
     content: UserContent
     role: Literal["user"]
     name: str | None = None
-
-    def text_content(self, param: str = "content") -> str:
-        return content_text(self.content, param=param) or ""
 
 
 class AssistantMessage(BaseModel):
