@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -59,7 +61,10 @@ class RemoteServer:
     def __init__(self, env: dict[str, str], *, startup_timeout: float = 240.0, log_path: Path | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", **env}
+        # Each server gets its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory
+        # under it at start, so servers sharing one would clobber each other's /metrics.
+        self._home = tempfile.mkdtemp(prefix="bentoml_home_")
+        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, **env}
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
@@ -103,15 +108,36 @@ class RemoteServer:
         return openai.AsyncOpenAI(base_url=self.url("/v1"), api_key=api_key, max_retries=0, timeout=120, **kw)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop the server and every worker it started.
+
+        BentoML's workers run in sessions of their own, so signalling the arbiter's process
+        group is not enough when it is killed outright: collect the tree first, reap it after.
+        """
+        import psutil
+
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait()
+        for child in tree:
+            try:
+                child.wait(5 if sig != signal.SIGKILL else 0)
+            except (psutil.TimeoutExpired, psutil.NoSuchProcess):
+                pass
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         if self._log is not subprocess.DEVNULL:
             self._log.close()
+        shutil.rmtree(self._home, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -127,5 +153,17 @@ def server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One shared server with the tiny model and the test keys."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file)}, log_path=log)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def isolated_server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
+    """Like ``server``, with its own BENTOML_HOME: every ``bentoml serve`` empties the Prometheus
+    multiprocess directory under BENTOML_HOME when it starts, so servers sharing one (the other
+    fixtures' default ~/bentoml) clobber each other's /metrics."""
+    home = tmp_path_factory.mktemp("bentoml_home")
+    log = tmp_path_factory.mktemp("isolated_server") / "server.log"
+    srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file), "BENTOML_HOME": str(home)}, log_path=log)
     yield srv
     srv.stop()
