@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Protocol, Sequence
 
 from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
 from errors import APIError, bad_request
@@ -32,6 +32,38 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 
+class TokenObserver(Protocol):
+    """Receives token timings (the metrics); serving behaves the same without one."""
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def inter_token(self, seconds: float) -> None: ...
+
+
+class TokenClock:
+    """Times one choice's tokens for an optional observer: TTFT from submission, then the gaps.
+
+    Timestamps are taken when the route receives each token event, i.e. what a client sees.
+    """
+
+    __slots__ = ("observer", "started_at", "last_at")
+
+    def __init__(self, observer: TokenObserver | None) -> None:
+        self.observer = observer
+        self.started_at = time.monotonic()
+        self.last_at: float | None = None
+
+    def tick(self) -> None:
+        if self.observer is None:
+            return
+        now = time.monotonic()
+        if self.last_at is None:
+            self.observer.first_token(now - self.started_at)
+        else:
+            self.observer.inter_token(now - self.last_at)
+        self.last_at = now
+
+
 @dataclass
 class Backend:
     """What the routes need at run time; attached to the FastAPI app by the service."""
@@ -41,6 +73,7 @@ class Backend:
     settings: Settings
     random_weights: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    observer: TokenObserver | None = None  # token timings for the metrics
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,9 +191,11 @@ class ChoiceRun:
         *,
         want_logprobs: bool,
         reasoning_keys: tuple[str, ...],
+        observer: TokenObserver | None = None,
     ) -> None:
         self.index = index
         self.stream = stream
+        self.clock = TokenClock(observer)
         self.parser = parser
         self.stop = StopMatcher(stops)
         self.want_logprobs = want_logprobs
@@ -210,6 +245,7 @@ class ChoiceRun:
         try:
             async for ev in self.stream:
                 if ev.token_id >= 0:
+                    self.clock.tick()
                     if self.first_token_at is None:
                         self.first_token_at = time.monotonic()
                     self.completion_tokens += 1
@@ -290,6 +326,7 @@ class ChatHandler:
                         _stops(req.stop),
                         want_logprobs=bool(req.logprobs),
                         reasoning_keys=self._reasoning_keys(req),
+                        observer=b.observer,
                     )
                 )
         except BaseException:
@@ -412,9 +449,18 @@ class ChatJob:
 class CompletionRun:
     """One choice of a raw-text completion: incremental detokenization and stop strings."""
 
-    def __init__(self, index: int, stream: RequestStream, encoding: Any, stops: list[str], logprobs: int | None) -> None:
+    def __init__(
+        self,
+        index: int,
+        stream: RequestStream,
+        encoding: Any,
+        stops: list[str],
+        logprobs: int | None,
+        observer: TokenObserver | None = None,
+    ) -> None:
         self.index = index
         self.stream = stream
+        self.clock = TokenClock(observer)
         self.decoder = IncrementalDecoder(encoding)
         self.stop = StopMatcher(stops)
         self.logprobs = logprobs
@@ -429,6 +475,7 @@ class CompletionRun:
                 lp = None
                 text = ""
                 if ev.token_id >= 0:
+                    self.clock.tick()
                     self.completion_tokens += 1
                     text = self.decoder.push(ev.token_id)
                     if self.logprobs is not None and ev.logprob is not None:
@@ -494,7 +541,9 @@ class CompletionHandler:
                 for j in range(req.n or 1):
                     params = to_sampling_params(req, max_tokens=max_tokens, seed_offset=j)
                     stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
-                    runs.append(CompletionRun(len(runs), stream, b.encoding, _stops(req.stop), req.logprobs))
+                    runs.append(
+                        CompletionRun(len(runs), stream, b.encoding, _stops(req.stop), req.logprobs, b.observer)
+                    )
                     echoes.append(b.encoding.decode(prompt) if req.echo else "")
         except BaseException:
             for r in runs:
