@@ -992,6 +992,10 @@ class AuthMiddleware:
             )
             return
 
+        # Known from here on, also for the 403/429 below: the access log names the key.
+        state = scope.setdefault("state", {})
+        state["key_name"] = principal.name
+
         needed = required_permissions(scope.get("path", ""), _raw_path_str(scope))
         missing = sorted(p for p in needed if not principal.has_permission(p))
         if missing:
@@ -1021,9 +1025,7 @@ class AuthMiddleware:
             await send_error(send, APIError(429, e.message, code="rate_limit_exceeded", headers=e.headers))
             return
 
-        state = scope.setdefault("state", {})
         state["principal"] = principal
-        state["key_name"] = principal.name
 
         wrapped = send
         if extra:
