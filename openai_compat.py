@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from access_log import note, note_prompt
 from auth import charge_tokens, check_model_access, get_principal
 from engine_types import EngineNotReady, EngineOverloaded, EngineShuttingDown
 from errors import APIError, error_body
@@ -66,6 +67,13 @@ def _authorize_model(request: Request, model: str) -> None:
 
 def _charge(request: Request, tokens: int) -> None:
     charge_tokens(get_principal(request), tokens)
+
+
+def _finish(request: Request, job: Any) -> None:
+    """After a generation: charge the key's token budget and tell the access log the usage."""
+    usage = job.usage()
+    _charge(request, usage["total_tokens"])
+    note(request, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
                 async for line in job.sse():
                     yield line
             finally:
-                _charge(request, job.usage()["total_tokens"])
+                _finish(request, job)
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     watcher = asyncio.create_task(_watch_disconnect(request, job.cancel))
@@ -175,7 +183,7 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
         return await job.response()
     finally:
         watcher.cancel()
-        _charge(request, job.usage()["total_tokens"])
+        _finish(request, job)
 
 
 @app.post(
@@ -186,7 +194,9 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """Chat completion; `stream: true` answers with server-sent events."""
+    note(request, model=body.model, stream=bool(body.stream))
     backend = _backend(request)
+    note_prompt(request, backend.settings, lambda: body.model_dump(exclude_none=True).get("messages"))
     check_model(backend, body.model)
     _authorize_model(request, body.model)
     job = ChatHandler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
@@ -201,7 +211,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 )
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Legacy text completion on raw text (no Harmony rendering); `stream: true` for SSE."""
+    note(request, model=body.model, stream=bool(body.stream))
     backend = _backend(request)
+    note_prompt(request, backend.settings, lambda: body.prompt)
     check_model(backend, body.model)
     _authorize_model(request, body.model)
     job = CompletionHandler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may run before it is stopped.")
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM.")
 
+    # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
+    gpu_type: str = Field(
+        "nvidia-a100-80gb",
+        description="BentoCloud GPU type in the Bento's resources: 80 GB for bf16 experts; 'nvidia-l4' once MXFP4 runs.",
+    )
+
     # --- auth --------------------------------------------------------------------------------------
     keys_file: Path | None = Field(None, description="Path of the API keys file (YAML).")
     api_keys: str = Field("", description="Comma-separated keys (full permissions), besides the keys file.")
@@ -64,6 +70,14 @@ class Settings(BaseSettings):
     # --- logging -----------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Level of this project's loggers.")
     log_prompts: bool = Field(False, description="Debug: include prompts and outputs in logs.")
+    access_log: bool = Field(True, description="One 'gptoss.access' log line per API request.")
+    access_log_format: Literal["logfmt", "json"] = Field("logfmt", description="Format of the access log lines.")
+
+    @field_validator("keys_file", mode="before")
+    @classmethod
+    def _empty_keys_file_is_unset(cls, value: object) -> object:
+        """``GPTOSS_KEYS_FILE=`` (empty) means no file, e.g. to override the image's default path."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def is_tiny(self) -> bool:
@@ -73,7 +87,7 @@ class Settings(BaseSettings):
 # This project's modules; BentoML configures the root handlers, we set our loggers' level.
 PROJECT_LOGGERS = (
     "gptoss", "auth", "engine", "loader", "serving", "openai_compat", "harmony_mapping",
-    "harmony_vocab", "model_runner", "tiny_model", "metrics",
+    "harmony_vocab", "model_runner", "tiny_model", "metrics", "access_log", "gptoss.access",
 )
 
 

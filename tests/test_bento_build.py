@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("bentoml_home")
     export_vocab(REPO / "vendor" / "harmony")  # what `make build` does first
     env = {**os.environ, "BENTOML_HOME": str(home), "GPTOSS_MODEL": "tiny", "HF_HUB_OFFLINE": "1"}
+    for name in ("GPTOSS_MAX_RUNNING", "GPTOSS_MAX_QUEUED", "GPTOSS_GPU_TYPE"):  # the defaults are checked
+        env.pop(name, None)
     out = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
         cwd=REPO,
@@ -40,9 +44,18 @@ def test_bento_yaml(bento: Path):
     envs = {e["name"]: e.get("value") for e in spec["envs"]}
     assert envs["GPTOSS_MODEL"] == "openai/gpt-oss-20b"
     assert "GPTOSS_KEYS_FILE" in envs and "HF_TOKEN" in envs
+    assert envs["GPTOSS_KEYS_FILE"] == "/etc/gptoss/keys.yaml"  # where deploy/README.md mounts it
+    # The KV budget fits an 80 GB GPU next to ~42 GB of bf16 weights: <= 30 GiB at 48 KiB per token.
+    assert int(envs["GPTOSS_KV_CACHE_TOKENS"]) * 48 * 1024 <= 30 * 2**30
     config = spec["services"][0]["config"]
     assert config["traffic"]["timeout"] >= 300
     assert config["http"]["port"] == 8000
+    # One GPU that fits gpt-oss-20b as the image runs it (bf16 experts) plus KV cache (README, Deploy).
+    assert config["resources"] == {"gpu": 1, "gpu_type": "nvidia-a100-80gb"}
+    # What one replica's engine holds: GPU defaults max_running 128 + max_queued 256.
+    assert config["traffic"]["concurrency"] == 384
+    # GPTOSS_MODEL=tiny: nothing to pin, so the build needed no network.
+    assert spec["models"] == [] and spec["services"][0]["models"] == []
 
 
 def test_dockerfile_uses_cuda_and_python_311(bento: Path):
@@ -56,11 +69,185 @@ def test_dockerfile_uses_cuda_and_python_311(bento: Path):
 def test_bento_files(bento: Path):
     src = bento / "src"
     names = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    for required in ("service.py", "openai_compat.py", "auth.py", "engine.py", "harmony_mapping.py", "requirements.txt"):
+    for required in (
+        "service.py", "openai_compat.py", "auth.py", "engine.py", "harmony_mapping.py", "requirements.txt",
+        "metrics.py", "access_log.py",
+    ):
         assert required in names
     vocab = src / "vendor" / "harmony" / "o200k_base.tiktoken"
-    import hashlib
-
     assert hashlib.sha256(vocab.read_bytes()).hexdigest() == VOCAB_SHA256
-    assert not any(n.startswith(("tests/", "bench/", ".cache/", ".venv/", ".pytest_cache/")) for n in names)
+    assert not any(n.startswith(("tests/", "bench/", "deploy/", ".cache/", ".venv/", ".pytest_cache/")) for n in names)
     assert not any("__pycache__" in n or n.endswith((".safetensors", "keys.yaml")) for n in names)
+
+
+# --- the model reference -------------------------------------------------------------------------
+
+
+def _declared_model(model: str, tmp_path: Path) -> dict | None:
+    """What service.py declares for GPTOSS_MODEL=model, read in a fresh process without network."""
+    code = (
+        "import json, service\n"
+        "m = service.GptOss.inner.hf_model\n"
+        "print(json.dumps(None if m is None else {'type': type(m).__name__, 'model_id': m.model_id,\n"
+        "    'revision': m.revision, 'exclude': m.exclude, 'include': m.include,\n"
+        "    'service_models': [type(x).__name__ for x in service.GptOss.models]}))\n"
+    )
+    env = {
+        **os.environ,
+        "GPTOSS_MODEL": model,
+        "GPTOSS_API_KEYS": "sk-test-declared-model-0123456789",
+        "HF_HUB_OFFLINE": "1",  # resolving (or pinning) the model would fail loudly
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_hub_model_is_declared_for_pinning(tmp_path: Path):
+    declared = _declared_model("openai/gpt-oss-20b", tmp_path)
+    assert declared == {
+        "type": "HuggingFaceModel",
+        "model_id": "openai/gpt-oss-20b",
+        "revision": "main",  # unresolved here; `bentoml build` pins the commit
+        "exclude": ["original/*", "metal/*"],
+        "include": None,
+        "service_models": ["HuggingFaceModel"],
+    }
+    assert not (tmp_path / "hf").exists()  # nothing was downloaded
+
+
+@pytest.mark.parametrize("kind", ["tiny", "directory"])
+def test_tiny_and_local_directories_declare_no_model(kind: str, tmp_path: Path):
+    model = "tiny" if kind == "tiny" else str(tmp_path)
+    assert _declared_model(model, tmp_path) is None
+
+
+# --- the Harmony vocabulary is never downloaded ---------------------------------------------------
+
+
+def _no_network_env(tmp_path: Path) -> dict[str, str]:
+    """Empty home and caches, no TIKTOKEN_ENCODINGS_BASE, every proxy pointing at a closed port."""
+    home = tmp_path / "home"
+    for d in ("home", "xdg", "tmp", "tiktoken-rs", "gptoss-cache"):
+        (tmp_path / d).mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_ENCODINGS_BASE" and "proxy" not in k.lower()}
+    dead = "http://127.0.0.1:9"
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(tmp_path / "xdg"),
+        TMPDIR=str(tmp_path / "tmp"),  # openai-harmony's download cache defaults to $TMPDIR/tiktoken-rs-cache
+        TIKTOKEN_RS_CACHE_DIR=str(tmp_path / "tiktoken-rs"),
+        TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken-rs"),
+        GPTOSS_CACHE_DIR=str(tmp_path / "gptoss-cache"),
+        HTTPS_PROXY=dead, HTTP_PROXY=dead, ALL_PROXY=dead, https_proxy=dead, http_proxy=dead, all_proxy=dead,
+        NO_PROXY="", no_proxy="",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+_LOAD = (
+    "import sys; sys.path.insert(0, '.')\n"
+    "from pathlib import Path\n"
+    "import harmony_vocab as hv\n"
+    "enc = hv.load_encoding(Path(sys.argv[1]))\n"
+    "assert enc.decode(enc.encode('hello world')) == 'hello world'\n"
+    "print('BASE', hv.os.environ[hv.ENV_VAR])\n"
+)
+
+
+def test_network_is_really_blocked_in_the_check(tmp_path: Path):
+    """Control: without our loader, openai-harmony tries to download the vocabulary and fails here."""
+    code = "from openai_harmony import *; load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_no_network_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "download" in out.stderr.lower()
+
+
+def test_bento_loads_the_bundled_vocabulary_without_network(bento: Path, tmp_path: Path):
+    """What the container does at start: the vocabulary comes from the Bento, never from the network."""
+    src = bento / "src"
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(tmp_path / "gptoss-cache")], cwd=src,
+                         env=_no_network_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split("BASE ")[-1].strip() == str(src / "vendor" / "harmony")
+
+
+def test_without_the_bundle_the_packaged_copy_is_used_without_network(tmp_path: Path):
+    """A checkout without `make build` (no vendor/harmony): bpe-openai's copy, still offline."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "harmony_vocab.py").write_text((REPO / "harmony_vocab.py").read_text())
+    (app / "settings.py").write_text((REPO / "settings.py").read_text())
+    cache = tmp_path / "gptoss-cache"
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(cache)], cwd=app, env=_no_network_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split("BASE ")[-1].strip() == str(cache / "harmony")
+    assert hashlib.sha256((cache / "harmony" / "o200k_base.tiktoken").read_bytes()).hexdigest() == VOCAB_SHA256
+
+
+def test_empty_keys_file_setting_means_none(monkeypatch: pytest.MonkeyPatch):
+    """`--env GPTOSS_KEYS_FILE=` (BentoCloud with GPTOSS_API_KEYS) must undo the image's default path."""
+    from settings import Settings
+
+    monkeypatch.setenv("GPTOSS_KEYS_FILE", "")
+    assert Settings().keys_file is None
+    monkeypatch.setenv("GPTOSS_KEYS_FILE", "/etc/gptoss/keys.yaml")
+    assert str(Settings().keys_file) == "/etc/gptoss/keys.yaml"
+
+
+# --- `systemctl reload` (deploy/gpt-oss.service: ExecReload=pkill -HUP --parent $MAINPID) ----------
+
+
+def test_sighup_to_the_worker_reloads_keys_without_a_restart(tmp_path: Path):
+    """SIGHUP to BentoML's worker (the arbiter's child) re-reads the keys file in place, even
+    before the first request; the model is not reloaded."""
+    import signal
+
+    import httpx
+    import psutil
+
+    from tests.conftest import RemoteServer
+
+    class QuietServer(RemoteServer):
+        """Ready when the engine is, without any HTTP request (so no request installs anything)."""
+
+        def _wait_ready(self, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while "Engine ready" not in self.logs():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"server did not start: {self.logs()[-4000:]}")
+                time.sleep(0.2)
+
+    old_key, new_key = "sk-test-before-reload-0123456789", "sk-test-after-reload-0123456789"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - name: before\n    key: {old_key}\n")
+    # Its own BENTOML_HOME: starting a server empties that home's Prometheus directory.
+    env = {"GPTOSS_KEYS_FILE": str(keys), "BENTOML_HOME": str(tmp_path / "bentoml_home")}
+    srv = QuietServer(env, log_path=tmp_path / "server.log")
+    try:
+        workers = psutil.Process(srv.proc.pid).children()
+        assert len(workers) == 1
+        keys.write_text(f"keys:\n  - name: after\n    key: {new_key}\n")
+        for w in workers:
+            w.send_signal(signal.SIGHUP)  # what `pkill -HUP --parent $MAINPID` does
+        deadline = time.monotonic() + 20
+        while "Reloaded API keys" not in srv.logs():
+            assert time.monotonic() < deadline, srv.logs()[-3000:]
+            time.sleep(0.1)
+        assert [p.pid for p in psutil.Process(srv.proc.pid).children()] == [w.pid for w in workers]
+        assert srv.logs().count("Engine ready") == 1  # no restart, no model reload
+        models = srv.url("/v1/models")
+        assert httpx.get(models, headers={"Authorization": f"Bearer {new_key}"}, timeout=10).status_code == 200
+        assert httpx.get(models, headers={"Authorization": f"Bearer {old_key}"}, timeout=10).status_code == 401
+    finally:
+        srv.stop()
