@@ -82,6 +82,23 @@ class TokenStream:
             self._done = True
         return item
 
+    def ready_events(self) -> list[TokenEvent]:
+        """Events already delivered, without waiting (up to and including the last one).
+
+        Lets a consumer that fell behind fold several tokens into one response chunk
+        instead of paying the per-chunk cost for each.
+        """
+        out: list[TokenEvent] = []
+        while not self._done and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, BaseException):
+                self._queue.put_nowait(item)  # raised by the next __anext__
+                break
+            out.append(item)
+            if item.finish_reason is not None:
+                self._done = True
+        return out
+
     def cancel(self) -> None:
         if not self._done and not self.cancelled:
             self.cancelled = True
