@@ -55,6 +55,10 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
     logger.info("Loading model %s on %s (%s)", path, device, kwargs.get("dtype"))
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline, **kwargs)
     model.eval()
+    if device == "cpu" and settings.cpu_prepack:
+        from cpu_kernels import prepack_lm_head
+
+        prepack_lm_head(model)
     if settings.is_tiny:
         logger.warning(
             "Serving the TINY RANDOM-WEIGHT test model: its output is noise. Set GPTOSS_MODEL to "

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         "auto", description="Weights dtype; 'auto' keeps the checkpoint's (MXFP4 on capable GPUs, else bf16)."
     )
 
+    cpu_prepack: bool = Field(True, description="CPU: prepack lm_head for oneDNN (exact, ~2x faster projection).")
+
     # --- generation defaults ---------------------------------------------------------------------
     default_max_tokens: int = Field(
         4096, ge=1, description="max_tokens when a request gives none (capped by the context window)."
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
 # This project's modules; BentoML configures the root handlers, we set our loggers' level.
 PROJECT_LOGGERS = (
     "gptoss", "auth", "engine", "loader", "serving", "openai_compat", "harmony_mapping",
-    "harmony_vocab", "model_runner", "tiny_model", "metrics", "access_log", "gptoss.access",
+    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "access_log", "gptoss.access",
 )
 
 
