@@ -60,6 +60,9 @@ class RequestStream(Protocol):
 
     async def __anext__(self) -> TokenEvent: ...
 
+    def ready_events(self) -> list[TokenEvent]:
+        """Events already delivered, taken without waiting."""
+
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the next engine step."""
 

@@ -131,6 +131,17 @@ def _logprob_entry(token_id: int, logprob: float, top: Sequence[tuple[int, float
     }
 
 
+async def event_batches(stream: RequestStream) -> AsyncIterator[list[TokenEvent]]:
+    """The stream's events, grouped: each wait returns every event already delivered.
+
+    A consumer that keeps up gets one token per group (one chunk per token, as OpenAI streams);
+    one that fell behind under load folds the backlog into one chunk instead of paying the
+    per-chunk cost (JSON, SSE, ASGI send) for every token.
+    """
+    async for ev in stream:
+        yield [ev, *stream.ready_events()]
+
+
 async def _merge(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
     """Interleave several async iterators as items arrive (n > 1 choices)."""
     if len(gens) == 1:
@@ -243,19 +254,19 @@ class ChoiceRun:
     async def pieces(self) -> AsyncIterator[ChatPiece]:
         engine_finish: str | None = None
         try:
-            async for ev in self.stream:
-                if ev.token_id >= 0:
-                    self.clock.tick()
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    self.completion_tokens += 1
-                    self._events.append(ev)
-                    deltas = self.parser.feed(ev.token_id)
-                else:
-                    deltas = []
-                if ev.finish_reason is not None:
-                    engine_finish = ev.finish_reason
-                    deltas = deltas + self.parser.finish(ev.finish_reason)
+            async for events in event_batches(self.stream):
+                deltas: list[Any] = []
+                for ev in events:
+                    if ev.token_id >= 0:
+                        self.clock.tick()
+                        if self.first_token_at is None:
+                            self.first_token_at = time.monotonic()
+                        self.completion_tokens += 1
+                        self._events.append(ev)
+                        deltas += self.parser.feed(ev.token_id)
+                    if ev.finish_reason is not None:
+                        engine_finish = ev.finish_reason
+                        deltas += self.parser.finish(ev.finish_reason)
                 delta, content_tokens, hit = self._delta_for(deltas)
                 if hit:
                     self.stream.cancel()
@@ -471,36 +482,38 @@ class CompletionRun:
     async def pieces(self) -> AsyncIterator[tuple[int, str, dict[str, Any] | None, str | None]]:
         """Yields (index, text, legacy logprobs for this piece, finish_reason)."""
         try:
-            async for ev in self.stream:
-                lp = None
+            async for events in event_batches(self.stream):
+                lp: dict[str, list[Any]] | None = None
                 text = ""
-                if ev.token_id >= 0:
-                    self.clock.tick()
-                    self.completion_tokens += 1
-                    text = self.decoder.push(ev.token_id)
-                    if self.logprobs is not None and ev.logprob is not None:
-                        tok = token_text(ev.token_id)
-                        lp = {
-                            "tokens": [tok],
-                            "token_logprobs": [ev.logprob],
-                            "top_logprobs": [{token_text(t): v for t, v in (ev.top_logprobs or ())}],
-                            "text_offset": [self.text_offset],
-                        }
-                if ev.finish_reason is not None:
-                    text += self.decoder.flush()
+                finish: str | None = None
+                for ev in events:
+                    if ev.token_id >= 0:
+                        self.clock.tick()
+                        self.completion_tokens += 1
+                        piece = self.decoder.push(ev.token_id)
+                        if self.logprobs is not None and ev.logprob is not None:
+                            lp = lp or {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                            lp["tokens"].append(token_text(ev.token_id))
+                            lp["token_logprobs"].append(ev.logprob)
+                            lp["top_logprobs"].append({token_text(t): v for t, v in (ev.top_logprobs or ())})
+                            lp["text_offset"].append(self.text_offset + len(text))
+                        text += piece
+                    if ev.finish_reason is not None:
+                        finish = ev.finish_reason
+                        text += self.decoder.flush()
                 out, hit = self.stop.push(text)
                 if hit:
                     self.stream.cancel()
                     self.finish_reason = "stop"
                     yield self.index, out, lp, "stop"
                     return
-                if ev.finish_reason is not None:
-                    if ev.finish_reason == "abort":
+                if finish is not None:
+                    if finish == "abort":
                         raise APIError(503, "The request was aborted (timeout or shutdown).", code="request_aborted")
                     out += self.stop.flush()
-                    self.finish_reason = ev.finish_reason
+                    self.finish_reason = finish
                 self.text_offset += len(out)
-                if out or lp or ev.finish_reason:
+                if out or lp or finish:
                     yield self.index, out, lp, self.finish_reason
         finally:
             self.stream.cancel()
