@@ -65,8 +65,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, model: str, headers: dict[str, str]):
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], port: int, model: str, headers: dict[str, str],
+        extra: dict[str, Any] | None = None,
+    ):
         self.name, self.port, self.model, self.headers = name, port, model, headers
+        self.extra = extra or {}  # request fields this server accepts beyond the common ones
         self.log = open(REPO / "bench-results" / f"{name}.log", "wb")
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -119,8 +123,7 @@ async def _one(client: httpx.AsyncClient, srv: Server, max_tokens: int) -> tuple
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
-        "stream_options": {"include_usage": True},
-        "ignore_eos": True,  # vLLM; ignored by the others (the random model rarely emits EOS)
+        **srv.extra,
     }
     t0 = time.perf_counter()
     ttft = None
@@ -212,19 +215,25 @@ def start_server(name: str, model_dir: Path) -> Server:
     if name == "ours":
         env = {"GPTOSS_MODEL": str(model_dir), "GPTOSS_API_KEYS": BENCH_KEY, "GPTOSS_SERVED_MODEL_NAME": "bench"}
         cmd = [py, "-m", "bentoml", "serve", "service:GptOss", "--port", str(port), "--host", "127.0.0.1"]
-        return Server(name, cmd, env, port, "bench", {"Authorization": f"Bearer {BENCH_KEY}"})
+        return Server(
+            name, cmd, env, port, "bench", {"Authorization": f"Bearer {BENCH_KEY}"},
+            {"stream_options": {"include_usage": True}},
+        )
     if name.startswith("transformers"):
         cmd = [str(Path(py).parent / "transformers"), "serve", str(model_dir), "--port", str(port), "--device", "cpu", "--dtype", "bfloat16"]
         if name == "transformers-cb":
             cmd.append("--continuous-batching")
-        return Server(name, cmd, {}, port, str(model_dir), {})
+        return Server(name, cmd, {}, port, str(model_dir), {})  # strict schema: no extra fields
     if name == "vllm":
         script = REPO.parent / "shared" / "peers" / "vllm-cpu.sh"
         from harmony_vocab import ensure_vocab
         from settings import get_settings
 
         env = {"TIKTOKEN_ENCODINGS_BASE": str(ensure_vocab(get_settings().cache_dir))}
-        return Server(name, ["bash", str(script), str(model_dir), str(port), "bench"], env, port, "bench", {})
+        return Server(
+            name, ["bash", str(script), str(model_dir), str(port), "bench"], env, port, "bench", {},
+            {"stream_options": {"include_usage": True}, "ignore_eos": True},
+        )
     raise ValueError(name)
 
 
