@@ -341,7 +341,9 @@ class Engine:
         from model_runner import SamplerState, sample
 
         for seq in seqs:
-            seq.sampler = SamplerState.create(seq.request.params, seq.request.prompt_ids, self._vocab)
+            seq.sampler = SamplerState.create(
+                seq.request.params, seq.request.prompt_ids, self._vocab, self._runner.device
+            )
             seq.context_len = len(seq.request.prompt_ids)
             self._prompt_tokens += seq.context_len
         with self._lock:

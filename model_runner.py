@@ -214,7 +214,10 @@ class SamplerState:
     bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None)
 
     @classmethod
-    def create(cls, params: SamplingParams, prompt_ids: Sequence[int], vocab: int) -> "SamplerState":
+    def create(
+        cls, params: SamplingParams, prompt_ids: Sequence[int], vocab: int, device: torch.device | str = "cpu"
+    ) -> "SamplerState":
+        """Penalty/bias tensors live on the logits' device; the RNG stays on the CPU (one draw per token)."""
         state = cls(params, prompt_ids)
         if params.temperature > 0:
             gen = torch.Generator()
@@ -224,13 +227,14 @@ class SamplerState:
                 gen.seed()
             state.generator = gen
         if params.presence_penalty or params.frequency_penalty:
-            state.counts = torch.zeros(vocab)
+            state.counts = torch.zeros(vocab, device=device)
         if params.repetition_penalty != 1.0:
-            state.seen = torch.zeros(vocab, dtype=torch.bool)
-            state.seen[torch.tensor(list(prompt_ids), dtype=torch.long).clamp(0, vocab - 1)] = True
+            state.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=device).clamp(0, vocab - 1)
+            state.seen[prompt] = True
         if params.logit_bias:
-            ids = torch.tensor([int(k) for k in params.logit_bias], dtype=torch.long)
-            vals = torch.tensor([float(v) for v in params.logit_bias.values()])
+            ids = torch.tensor([int(k) for k in params.logit_bias], dtype=torch.long, device=device)
+            vals = torch.tensor([float(v) for v in params.logit_bias.values()], device=device)
             keep = (ids >= 0) & (ids < vocab)
             state.bias = (ids[keep], vals[keep])
         return state
@@ -286,7 +290,7 @@ def _sample_row(row: torch.Tensor, st: SamplerState) -> int:
     if p.min_p > 0.0:
         probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
     cdf = probs.cumsum(-1)
-    u = torch.rand(1, generator=st.generator) * cdf[-1]
+    u = torch.rand(1, generator=st.generator).to(cdf.device) * cdf[-1]
     pos = int(torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1))
     return int(idx[pos]) if idx is not None else pos
 
