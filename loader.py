@@ -76,7 +76,7 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
 
 def engine_config(settings: Settings, device: str) -> EngineConfig:
     """Backpressure defaults per device; explicit settings win."""
-    max_running = settings.max_running or (128 if device == "cuda" else 32)
+    max_running = settings.max_running or (128 if device == "cuda" else 64)
     kv = settings.kv_cache_tokens or (1_048_576 if device == "cuda" else 262_144)
     return EngineConfig(
         max_running=max_running,

@@ -72,6 +72,8 @@ if "build" not in sys.argv[1:3]:
     # 80 GB GPU with ~30 GB of KV cache; with MXFP4 a 24 GB L4 would do (deploy/README.md).
     resources={"gpu": 1, "gpu_type": _SETTINGS.gpu_type},
     traffic={"timeout": 600, "concurrency": traffic_concurrency(_SETTINGS)},
+    # access_log.py writes one richer line per request (key name, tokens); BentoML's would repeat it.
+    logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(openai_app, path="/")
 class GptOss:

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
 
     # --- engine / backpressure -------------------------------------------------------------------
-    max_running: int = Field(0, ge=0, description="Max sequences decoded together (0 = per device: 32 CPU, 128 GPU).")
+    max_running: int = Field(0, ge=0, description="Max sequences decoded together (0 = per device: 64 CPU, 128 GPU).")
     max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
     max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
     kv_cache_tokens: int = Field(
