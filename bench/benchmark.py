@@ -270,6 +270,7 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=None, help="default: the 'bench' shape tiny model")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     (REPO / "bench-results").mkdir(exist_ok=True)
 
     from settings import get_settings
