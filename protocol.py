@@ -466,7 +466,24 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-class ChatCompletionRequest(BaseModel):
+class _SamplingRequest(BaseModel):
+    """Validators shared by chat and legacy completions requests.
+
+    No fields here: each request declares its own, in the order of OpenAI's reference.
+    """
+
+    @field_validator("logit_bias", mode="before", check_fields=False)
+    @classmethod
+    def _valid_logit_bias(cls, value: Any) -> Any:
+        return _check_logit_bias(value)
+
+    @field_validator("stop", mode="before", check_fields=False)
+    @classmethod
+    def _valid_stop(cls, value: Any) -> Any:
+        return _check_stop(value)
+
+
+class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions."""
 
     model_config = _REQUEST_CONFIG
@@ -504,16 +521,6 @@ class ChatCompletionRequest(BaseModel):
     min_p: _MinP = None
     # Multiplicative penalty on tokens already in prompt or output (1 or None = off).
     repetition_penalty: _RepetitionPenalty = None
-
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _valid_logit_bias(cls, value: Any) -> Any:
-        return _check_logit_bias(value)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _valid_stop(cls, value: Any) -> Any:
-        return _check_stop(value)
 
     @field_validator("top_logprobs")
     @classmethod
@@ -602,7 +609,7 @@ def _check_prompt(value: Any) -> Any:
     raise ValueError(shape_error)
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_SamplingRequest):
     """POST /v1/completions (legacy): raw text in, raw text out."""
 
     model_config = _REQUEST_CONFIG
@@ -637,16 +644,6 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _valid_prompt(cls, value: Any) -> Any:
         return _check_prompt(value)
-
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _valid_logit_bias(cls, value: Any) -> Any:
-        return _check_logit_bias(value)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _valid_stop(cls, value: Any) -> Any:
-        return _check_stop(value)
 
     @field_validator("suffix")
     @classmethod

@@ -347,8 +347,27 @@ class ChatHandler:
         return ChatJob(req, runs, len(prompt), b.settings.served_model_name)
 
 
+class _Job:
+    """What chat and completion jobs share: their choices' streams and token counts."""
+
+    runs: Sequence[Any]
+    prompt_tokens: int
+
+    def cancel(self) -> None:
+        for r in self.runs:
+            r.stream.cancel()
+
+    def token_usage(self) -> dict[str, Any]:
+        completion = sum(r.completion_tokens for r in self.runs)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+
 @dataclass
-class ChatJob:
+class ChatJob(_Job):
     request: ChatCompletionRequest
     runs: list[ChoiceRun]
     prompt_tokens: int
@@ -356,19 +375,9 @@ class ChatJob:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def cancel(self) -> None:
-        for r in self.runs:
-            r.stream.cancel()
-
     def usage(self) -> dict[str, Any]:
-        completion = sum(r.completion_tokens for r in self.runs)
         reasoning = sum(r.parser.reasoning_token_count for r in self.runs)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-            "completion_tokens_details": {"reasoning_tokens": reasoning},
-        }
+        return {**self.token_usage(), "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
     async def response(self) -> ChatCompletion:
         """Drain every choice (the same pieces the stream would send) into one response."""
@@ -566,7 +575,7 @@ class CompletionHandler:
 
 
 @dataclass
-class CompletionJob:
+class CompletionJob(_Job):
     request: CompletionRequest
     runs: list[CompletionRun]
     echoes: list[str]
@@ -575,17 +584,8 @@ class CompletionJob:
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def cancel(self) -> None:
-        for r in self.runs:
-            r.stream.cancel()
-
     def usage(self) -> dict[str, Any]:
-        completion = sum(r.completion_tokens for r in self.runs)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
+        return self.token_usage()
 
     def _envelope(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
         return {
