@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 VOCAB_FILE = "o200k_base.tiktoken"
 VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 ENV_VAR = "TIKTOKEN_ENCODINGS_BASE"
+# o200k_harmony: 199,998 ordinary tokens, then the specials up to this size (gpt-oss's vocab_size).
+HARMONY_VOCAB_SIZE = 201088
+ENDOFTEXT_TOKEN = 199999
 
 
 class VocabError(RuntimeError):

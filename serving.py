@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Protocol, Sequence
 
 from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
 from errors import APIError, bad_request
+from harmony_vocab import ENDOFTEXT_TOKEN, HARMONY_VOCAB_SIZE
 from harmony_mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
 from protocol import (
     ChatCompletion,
@@ -112,12 +113,6 @@ def resolve_max_tokens(backend: Backend, prompt_len: int, requested: int | None)
             )
         return requested
     return min(backend.settings.default_max_tokens, room)
-
-
-def _stops(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _logprob_entry(token_id: int, logprob: float, top: Sequence[tuple[int, float]] | None) -> dict[str, Any]:
@@ -308,8 +303,7 @@ class ChatHandler:
         return ("reasoning_content", "reasoning") if mode == "both" else (mode,)
 
     def start(self, req: ChatCompletionRequest, key_name: str | None = None) -> "ChatJob":
-        b = self.backend
-        check_model(b, req.model)
+        b = self.backend  # the route has checked the model (before the key's model access)
         dumped = req.model_dump(exclude_none=True)
         rendered = render_chat(
             dumped["messages"],
@@ -334,7 +328,7 @@ class ChatHandler:
                         i,
                         stream,
                         ChatStreamParser(b.encoding, prefill_ids=rendered.prefill_ids),
-                        _stops(req.stop),
+                        req.stop_sequences(),
                         want_logprobs=bool(req.logprobs),
                         reasoning_keys=self._reasoning_keys(req),
                         observer=b.observer,
@@ -531,27 +525,23 @@ class CompletionRun:
 class CompletionHandler:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Raw text ends where the model would end a message or the document.
+        self._stop_tokens = (*backend.encoding.stop_tokens(), ENDOFTEXT_TOKEN)
 
     def _prompts(self, req: CompletionRequest) -> list[list[int]]:
-        p = req.prompt
+        """Token ids of each prompt (text is encoded as raw text, special tokens allowed)."""
         enc = self.backend.encoding
-        if isinstance(p, str):
-            return [enc.encode(p, allowed_special="all")]
-        if p and all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        out = []
-        for item in p:  # type: ignore[union-attr]
-            out.append(enc.encode(item, allowed_special="all") if isinstance(item, str) else list(item))
+        out = [
+            enc.encode(item, allowed_special="all") if isinstance(item, str) else list(item) for item in req.prompts()
+        ]
         if any(not ids for ids in out):
             raise bad_request("prompt must not be empty", param="prompt")
-        vocab = 201088
-        if any(t < 0 or t >= vocab for ids in out for t in ids):
-            raise bad_request("prompt token ids must be within the vocabulary", param="prompt")
+        if any(t < 0 or t >= HARMONY_VOCAB_SIZE for ids in out for t in ids):
+            raise bad_request(f"prompt token ids must be in [0, {HARMONY_VOCAB_SIZE})", param="prompt")
         return out
 
     def start(self, req: CompletionRequest, key_name: str | None = None) -> "CompletionJob":
-        b = self.backend
-        check_model(b, req.model)
+        b = self.backend  # the route has checked the model (before the key's model access)
         prompts = self._prompts(req)
         runs: list[CompletionRun] = []
         echoes: list[str] = []
@@ -561,10 +551,12 @@ class CompletionHandler:
                 max_tokens = resolve_max_tokens(b, len(prompt), req.max_tokens)
                 prompt_tokens += len(prompt)
                 for j in range(req.n or 1):
-                    params = to_sampling_params(req, max_tokens=max_tokens, seed_offset=j)
+                    params = to_sampling_params(
+                        req, max_tokens=max_tokens, stop_token_ids=self._stop_tokens, seed_offset=j
+                    )
                     stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
                     runs.append(
-                        CompletionRun(len(runs), stream, b.encoding, _stops(req.stop), req.logprobs, b.observer)
+                        CompletionRun(len(runs), stream, b.encoding, req.stop_sequences(), req.logprobs, b.observer)
                     )
                     echoes.append(b.encoding.decode(prompt) if req.echo else "")
         except BaseException:

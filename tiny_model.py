@@ -17,6 +17,8 @@ import logging
 import os
 from pathlib import Path
 
+from harmony_vocab import HARMONY_VOCAB_SIZE
+
 logger = logging.getLogger(__name__)
 
 # Harmony's special tokens (o200k_harmony): ids 199998.. 201087; the others are reserved.
@@ -31,7 +33,7 @@ _NAMED_SPECIALS = {
     200008: "<|message|>",
     200012: "<|call|>",
 }
-VOCAB_SIZE = 201088
+VOCAB_SIZE = HARMONY_VOCAB_SIZE
 SEED = 1234
 # Marks a finished build; bump when the recipe changes so old caches are rebuilt.
 BUILD_MARKER = "tiny-gpt-oss.json"

@@ -199,3 +199,15 @@ def test_native_generate_api(server: RemoteServer):
         timeout=60,
     )
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("prompt", [[201088], [-1], [[5, 6], [999999]], [[]]])
+def test_completion_token_ids_out_of_vocab(server: RemoteServer, prompt):
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client().completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    assert info.value.param == "prompt"
+
+
+def test_completion_token_id_prompt(server: RemoteServer):
+    r = server.client().completions.create(model=MODEL, prompt=[5, 6, 7], max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens == 3 and r.usage.completion_tokens == 2
