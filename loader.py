@@ -67,13 +67,6 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
     return model
 
 
-def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
-    layers = int(config.num_hidden_layers)
-    kv_heads = int(getattr(config, "num_key_value_heads", config.num_attention_heads))
-    head_dim = int(getattr(config, "head_dim", config.hidden_size // config.num_attention_heads))
-    return layers * 2 * kv_heads * head_dim * dtype_bytes
-
-
 def engine_config(settings: Settings, device: str) -> EngineConfig:
     """Backpressure defaults per device; explicit settings win."""
     max_running = settings.max_running or (128 if device == "cuda" else 64)
