@@ -55,6 +55,7 @@ class EngineStats:
     prompt_tokens: int
     generated_tokens: int
     finished: int
+    kv_capacity: int = 0
 
 
 class TokenStream:
@@ -194,6 +195,7 @@ class Engine:
                 prompt_tokens=self._prompt_tokens,
                 generated_tokens=self._generated_tokens,
                 finished=self._finished,
+                kv_capacity=self.config.kv_cache_tokens,
             )
 
     # --- submission (event loop side) --------------------------------------------------------------
@@ -220,9 +222,11 @@ class Engine:
     def _thread_main(self) -> None:
         try:
             model = self._loader()
-            from model_runner import ModelRunner
+            from model_runner import ModelRunner, default_kv_budget
 
             self._runner = ModelRunner(model)
+            if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
+                self.config.kv_cache_tokens = default_kv_budget(model)
             self._vocab = int(model.config.vocab_size)
             if not self._max_context:
                 self._max_context = int(getattr(model.config, "max_position_embeddings", 4096))

@@ -70,7 +70,7 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
 def engine_config(settings: Settings, device: str) -> EngineConfig:
     """Backpressure defaults per device; explicit settings win."""
     max_running = settings.max_running or (128 if device == "cuda" else 64)
-    kv = settings.kv_cache_tokens or (1_048_576 if device == "cuda" else 262_144)
+    kv = settings.kv_cache_tokens  # 0: the engine sizes it after loading (model_runner.default_kv_budget)
     return EngineConfig(
         max_running=max_running,
         max_queued=settings.max_queued,

@@ -175,8 +175,9 @@ class EngineGauges:
         self._queue = m.queue_depth.labels(model)
         self._running = m.running.labels(model)
         self._kv = m.kv_cache_tokens.labels(model)
-        if kv_capacity is not None:
-            m.kv_cache_capacity.labels(model).set(kv_capacity)
+        self._kv_capacity = m.kv_cache_capacity.labels(model)
+        if kv_capacity:
+            self._kv_capacity.set(kv_capacity)
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,6 +187,8 @@ class EngineGauges:
         self._queue.set(s.waiting)
         self._running.set(s.running)
         self._kv.set(s.kv_tokens)
+        if getattr(s, "kv_capacity", 0):  # known once the engine has sized it after loading
+            self._kv_capacity.set(s.kv_capacity)
 
     def start(self) -> None:
         def run() -> None:

@@ -40,6 +40,23 @@ class Batch:
         return int(self.mask.shape[1])
 
 
+CPU_KV_BUDGET = 262_144  # tokens; bf16 KV of gpt-oss-20b at this size is ~12 GiB of RAM
+
+
+def default_kv_budget(model: torch.nn.Module, fraction: float = 0.85) -> int:
+    """KV-cache tokens that fit: on CUDA, ``fraction`` of the memory free after loading."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return CPU_KV_BUDGET
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    elem = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
+    per_token = c.num_hidden_layers * 2 * kv_heads * head_dim * elem
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(8192, int(free * fraction) // per_token)
+
+
 def _pad_left(x: torch.Tensor, n: int) -> torch.Tensor:
     """Left-pad dim -2 (the time axis of a [B, H, T, D] KV tensor) with n zero columns."""
     return F.pad(x, (0, 0, n, 0)) if n > 0 else x

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
     max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
     kv_cache_tokens: int = Field(
-        0, ge=0, description="KV-cache budget in tokens over all running sequences (0 = per device default)."
+        0, ge=0, description="KV-cache budget in tokens over all running sequences (0 = CPU 262144, GPU sized from free memory)."
     )
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may run before it is stopped.")
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM.")

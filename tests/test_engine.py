@@ -238,3 +238,15 @@ async def test_top_k_and_min_p_narrow_sampling(model):
         assert wide != base
     finally:
         await engine.shutdown(1)
+
+
+async def test_kv_budget_sized_after_loading_when_unset(model):
+    from model_runner import CPU_KV_BUDGET, default_kv_budget
+
+    assert default_kv_budget(model) == CPU_KV_BUDGET  # the tiny model is on the CPU
+    engine = make_engine(model, kv_cache_tokens=0)
+    try:
+        assert engine.stats().kv_capacity == CPU_KV_BUDGET
+        assert len(await collect(engine, PROMPTS[2], greedy(3))) == 3
+    finally:
+        await engine.shutdown(1)
