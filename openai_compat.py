@@ -186,6 +186,17 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
         _finish(request, job)
 
 
+async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+    """What both generation routes do: check model and key, start the job, answer."""
+    note(request, model=body.model, stream=bool(body.stream))
+    backend = _backend(request)
+    note_prompt(request, backend.settings, prompt)
+    check_model(backend, body.model)
+    _authorize_model(request, body.model)
+    job = handler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
+    return await _respond(request, job, bool(body.stream))
+
+
 @app.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
@@ -194,13 +205,7 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """Chat completion; `stream: true` answers with server-sent events."""
-    note(request, model=body.model, stream=bool(body.stream))
-    backend = _backend(request)
-    note_prompt(request, backend.settings, lambda: body.model_dump(exclude_none=True).get("messages"))
-    check_model(backend, body.model)
-    _authorize_model(request, body.model)
-    job = ChatHandler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
-    return await _respond(request, job, bool(body.stream))
+    return await _generate(request, body, ChatHandler, lambda: body.model_dump(exclude_none=True).get("messages"))
 
 
 @app.post(
@@ -211,10 +216,4 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 )
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Legacy text completion on raw text (no Harmony rendering); `stream: true` for SSE."""
-    note(request, model=body.model, stream=bool(body.stream))
-    backend = _backend(request)
-    note_prompt(request, backend.settings, lambda: body.prompt)
-    check_model(backend, body.model)
-    _authorize_model(request, body.model)
-    job = CompletionHandler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
-    return await _respond(request, job, bool(body.stream))
+    return await _generate(request, body, CompletionHandler, lambda: body.prompt)

@@ -50,6 +50,12 @@ SSE_DONE = "data: [DONE]\n\n"
 _REQUEST_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+class _RequestModel(BaseModel):
+    """Base of every request-side model: unknown fields are ignored, NaN/Infinity rejected."""
+
+    model_config = _REQUEST_CONFIG
+
+
 # ------------------------------------------------------------------------------------------------
 # Helpers for unions and cross-field errors
 # ------------------------------------------------------------------------------------------------
@@ -104,9 +110,7 @@ def _clamp_logprob(value: float | None) -> float | None:
 # ------------------------------------------------------------------------------------------------
 
 
-class TextContentPart(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class TextContentPart(_RequestModel):
     text: str
     type: Literal["text"]
 
@@ -119,58 +123,44 @@ class TextContentPart(BaseModel):
         return value
 
 
-class ImageURL(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class ImageURL(_RequestModel):
     url: str
     detail: Literal["auto", "low", "high", "original"] | None = None
 
 
-class ImageContentPart(BaseModel):
+class ImageContentPart(_RequestModel):
     """Parsed so the renderer can answer a clear 400 (gpt-oss is text-only)."""
-
-    model_config = _REQUEST_CONFIG
 
     image_url: ImageURL
     type: Literal["image_url"]
 
 
-class InputAudio(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class InputAudio(_RequestModel):
     data: str
     format: str
 
 
-class InputAudioContentPart(BaseModel):
+class InputAudioContentPart(_RequestModel):
     """Parsed so the renderer can answer a clear 400 (gpt-oss is text-only)."""
-
-    model_config = _REQUEST_CONFIG
 
     input_audio: InputAudio
     type: Literal["input_audio"]
 
 
-class FileData(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class FileData(_RequestModel):
     file_data: str | None = None
     file_id: str | None = None
     filename: str | None = None
 
 
-class FileContentPart(BaseModel):
+class FileContentPart(_RequestModel):
     """Parsed so the renderer can answer a clear 400 (gpt-oss is text-only)."""
-
-    model_config = _REQUEST_CONFIG
 
     file: FileData
     type: Literal["file"]
 
 
-class RefusalContentPart(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class RefusalContentPart(_RequestModel):
     refusal: str
     type: Literal["refusal"]
 
@@ -246,10 +236,8 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class _PlainMessage(BaseModel):
+class _PlainMessage(_RequestModel):
     """A message whose content is text only (or text parts): system, developer, user."""
-
-    model_config = _REQUEST_CONFIG
 
     def text_content(self, param: str = "content") -> str:
         return content_text(self.content, param=param) or ""  # type: ignore[attr-defined]
@@ -273,10 +261,8 @@ class UserMessage(_PlainMessage):
     name: str | None = None
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(_RequestModel):
     """A previous assistant turn; may carry tool calls and the reasoning we sent with it."""
-
-    model_config = _REQUEST_CONFIG
 
     role: Literal["assistant"]
     content: AssistantContent | None = None
@@ -297,9 +283,7 @@ class AssistantMessage(BaseModel):
         return self.reasoning_content if self.reasoning_content is not None else self.reasoning
 
 
-class ToolMessage(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class ToolMessage(_RequestModel):
     content: TextContent
     role: Literal["tool"]
     tool_call_id: str
@@ -329,31 +313,23 @@ ChatMessageParam = Annotated[
 # ------------------------------------------------------------------------------------------------
 
 
-class FunctionDefinition(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class FunctionDefinition(_RequestModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None  # JSON schema of the arguments
     strict: bool | None = None
 
 
-class ChatCompletionTool(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class ChatCompletionTool(_RequestModel):
     function: FunctionDefinition
     type: Literal["function"]
 
 
-class NamedFunction(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class NamedFunction(_RequestModel):
     name: str
 
 
-class NamedToolChoice(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class NamedToolChoice(_RequestModel):
     function: NamedFunction
     type: Literal["function"]
 
@@ -382,10 +358,8 @@ ToolChoice = Annotated[
 ]
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(_RequestModel):
     """Accepted and ignored for text and json_object; json_schema is refused (not enforced here)."""
-
-    model_config = _REQUEST_CONFIG
 
     type: Literal["text", "json_object"]
 
@@ -397,15 +371,11 @@ class ResponseFormat(BaseModel):
         return value
 
 
-class StreamOptions(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class StreamOptions(_RequestModel):
     include_usage: bool | None = None
 
 
-class ReasoningConfig(BaseModel):
-    model_config = _REQUEST_CONFIG
-
+class ReasoningConfig(_RequestModel):
     effort: ReasoningEffort | None = None
 
 
@@ -466,7 +436,7 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(_RequestModel):
     """Validators shared by chat and legacy completions requests.
 
     No fields here: each request declares its own, in the order of OpenAI's reference.
@@ -485,8 +455,6 @@ class _SamplingRequest(BaseModel):
 
 class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions."""
-
-    model_config = _REQUEST_CONFIG
 
     messages: list[ChatMessageParam] = Field(min_length=1)
     model: str
@@ -611,8 +579,6 @@ def _check_prompt(value: Any) -> Any:
 
 class CompletionRequest(_SamplingRequest):
     """POST /v1/completions (legacy): raw text in, raw text out."""
-
-    model_config = _REQUEST_CONFIG
 
     model: str
     prompt: PromptType
