@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine_types import (
+    DEFAULT_CPU_KV_TOKENS,
     EngineNotReady,
     EngineOverloaded,
     EngineShuttingDown,
@@ -42,7 +43,7 @@ class EngineConfig:
     max_running: int = 32
     max_queued: int = 256
     max_batched_tokens: int = 2048
-    kv_cache_tokens: int = 262_144
+    kv_cache_tokens: int = DEFAULT_CPU_KV_TOKENS  # 0: size it after loading the model
     request_timeout: float = 600.0
 
 

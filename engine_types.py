@@ -13,6 +13,10 @@ from typing import AsyncIterator, Literal, Mapping, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# KV-cache budget (tokens) on CPU when none is configured; bf16 KV of gpt-oss-20b at this size is
+# ~12 GiB of RAM. On GPU the engine sizes it from the memory left free after loading.
+DEFAULT_CPU_KV_TOKENS = 262_144
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import EngineConfig
+from engine_types import DEFAULT_CPU_KV_TOKENS
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
 def engine_config(settings: Settings, device: str) -> EngineConfig:
     """Backpressure defaults per device; explicit settings win."""
     max_running = settings.max_running or (128 if device == "cuda" else 64)
-    kv = settings.kv_cache_tokens  # 0: the engine sizes it after loading (model_runner.default_kv_budget)
+    # On GPU, 0 lets the engine size it from the memory free after loading (default_kv_budget).
+    kv = settings.kv_cache_tokens or (0 if device == "cuda" else DEFAULT_CPU_KV_TOKENS)
     return EngineConfig(
         max_running=max_running,
         max_queued=settings.max_queued,

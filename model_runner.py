@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from engine_types import SamplingParams
+from engine_types import DEFAULT_CPU_KV_TOKENS, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +40,11 @@ class Batch:
         return int(self.mask.shape[1])
 
 
-CPU_KV_BUDGET = 262_144  # tokens; bf16 KV of gpt-oss-20b at this size is ~12 GiB of RAM
-
-
 def default_kv_budget(model: torch.nn.Module, fraction: float = 0.85) -> int:
     """KV-cache tokens that fit: on CUDA, ``fraction`` of the memory free after loading."""
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return CPU_KV_BUDGET
+        return DEFAULT_CPU_KV_TOKENS
     c = model.config
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads

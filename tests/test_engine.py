@@ -244,7 +244,8 @@ async def test_top_k_and_min_p_narrow_sampling(model):
 
 
 async def test_kv_budget_sized_after_loading_when_unset(model):
-    from model_runner import CPU_KV_BUDGET, default_kv_budget
+    from engine_types import DEFAULT_CPU_KV_TOKENS as CPU_KV_BUDGET
+    from model_runner import default_kv_budget
 
     assert default_kv_budget(model) == CPU_KV_BUDGET  # the tiny model is on the CPU
     engine = make_engine(model, kv_cache_tokens=0)
