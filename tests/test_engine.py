@@ -254,3 +254,20 @@ async def test_kv_budget_sized_after_loading_when_unset(model):
         assert len(await collect(engine, PROMPTS[2], greedy(3))) == 3
     finally:
         await engine.shutdown(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("vocab", [201088, 1000, 257])
+def test_greedy_argmax_matches_max_including_ties(dtype, vocab):
+    from model_runner import greedy_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(9, vocab, generator=gen).to(dtype)
+    rows[1, [3, vocab - 1]] = 100.0  # a tie across blocks: the first index wins
+    rows[2, [vocab // 2, vocab // 2 + 1]] = 100.0  # a tie inside one block
+    rows[3] = 0.0  # all equal
+    rows[4, vocab - 1] = 100.0  # the last element
+    expected = rows.max(dim=-1).indices
+    assert torch.equal(greedy_argmax(rows), expected)
+    assert greedy_argmax(rows[1:2]).tolist() == [3]
+    assert greedy_argmax(rows[3:4]).tolist() == [0]
