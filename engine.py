@@ -1,9 +1,13 @@
-"""The inference engine: continuous batching on a dedicated thread, bridged to asyncio.
+"""The inference engine: continuous batching on the thread that owns the model.
 
-Why a thread: a forward pass holds the CPU/GPU for milliseconds to seconds; running it on the
-event loop would stall every other request and the health check. The engine thread owns the
-model; the event loop talks to it through a lock-protected inbox and gets token events back
-with one ``call_soon_threadsafe`` per step.
+:class:`EngineCore` is the scheduler. It runs on one thread (the only one that touches torch)
+and hands every step's token events to a *sink*. Two front ends give the event loop the same
+async interface (submit a request, iterate its :class:`TokenStream`, cancel):
+
+- :class:`Engine` (here, the default) runs the core on a thread of the server process; its
+  sink hands events to the event loop with one ``call_soon_threadsafe`` per step.
+- ``engine_process.ProcessEngine`` (``GPTOSS_ENGINE_PROCESS=true``) runs the core in a child
+  process, so the HTTP side never holds the GIL the engine's Python dispatch needs.
 
 Scheduling: every step (1) drops cancelled / timed-out sequences, (2) admits waiting requests
 while the running set, the KV budget and the per-step prefill budget allow, prefilling them
@@ -20,7 +24,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from engine_types import (
     DEFAULT_CPU_KV_TOKENS,
@@ -57,14 +61,15 @@ class EngineStats:
     generated_tokens: int
     finished: int
     kv_capacity: int = 0
+    received: int = 0  # requests the core has been handed, ever (the process front end counts on it)
 
 
 class TokenStream:
     """Async iterator over one request's :class:`TokenEvent`s; ``cancel()`` stops generation."""
 
-    def __init__(self, engine: "Engine", request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None]) -> None:
         self.request_id = request.request_id
-        self._engine = engine
+        self._on_cancel = on_cancel
         self._queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
         self._loop = loop
         self._done = False
@@ -104,7 +109,7 @@ class TokenStream:
     def cancel(self) -> None:
         if not self._done and not self.cancelled:
             self.cancelled = True
-            self._engine._wake()
+            self._on_cancel()
 
     @property
     def done(self) -> bool:
@@ -114,10 +119,20 @@ class TokenStream:
         self._queue.put_nowait(item)
 
 
+class Handle(Protocol):
+    """What the core needs of a request's consumer: whether it gave up."""
+
+    cancelled: bool
+
+
+#: One step's deliveries: for each request, its new events or the exception that ended it.
+Deliveries = list[tuple[Any, "list[TokenEvent] | BaseException"]]
+
+
 @dataclass
 class _Seq:
     request: GenerationRequest
-    stream: TokenStream
+    handle: Handle
     deadline: float
     sampler: Any = None  # model_runner.SamplerState, created on the engine thread
     generated: int = 0
@@ -127,13 +142,25 @@ class _Seq:
     events: list[TokenEvent] = field(default_factory=list)
 
 
-class Engine:
-    """Continuous-batching engine around a transformers causal LM (see module docstring)."""
+class EngineCore:
+    """The continuous-batching scheduler (see module docstring); runs on the model's thread.
 
-    def __init__(self, loader: Callable[[], Any], config: EngineConfig, *, max_context: int | None = None) -> None:
+    ``loader()`` builds the model on that thread. ``sink(deliveries)`` is called once per step
+    (and when requests end early) from that thread, with what each request produced.
+    """
+
+    def __init__(
+        self,
+        loader: Callable[[], Any],
+        config: EngineConfig,
+        sink: Callable[[Deliveries], None],
+        *,
+        max_context: int | None = None,
+    ) -> None:
         self._loader = loader
         self.config = config
-        self._max_context = max_context or 0
+        self._sink = sink
+        self.max_context = max_context or 0
         self._runner: Any = None
         self._vocab = 0
         self._lock = threading.Lock()
@@ -143,48 +170,34 @@ class Engine:
         self._running: list[_Seq] = []
         self._chunked: tuple[_Seq, Any] | None = None  # a long prompt being prefilled
         self._stopping = False
-        self._draining = False
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self.load_error: BaseException | None = None
-        self._steps = self._prompt_tokens = self._generated_tokens = self._finished = 0
+        self._received = self._steps = self._prompt_tokens = self._generated_tokens = self._finished = 0
 
-    # --- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Load the model and start stepping, both on the engine thread (returns at once)."""
-        self._thread = threading.Thread(target=self._thread_main, name="gptoss-engine", daemon=True)
-        self._thread.start()
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        self._ready.wait(timeout)
-        if self.load_error is not None:
-            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
-        return self._ready.is_set()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self.load_error is None and not self._stopping
-
-    @property
-    def max_context(self) -> int:
-        return self._max_context
-
-    async def shutdown(self, grace: float) -> None:
-        """Refuse new requests, let in-flight ones finish within ``grace`` seconds, then stop."""
+    # --- any thread ----------------------------------------------------------------------------------
+    def add(self, request: GenerationRequest, handle: Handle) -> None:
+        seq = _Seq(request, handle, deadline=time.monotonic() + self.config.request_timeout)
         with self._lock:
-            self._draining = True
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            with self._lock:
-                busy = bool(self._inbox or self._waiting or self._running or self._chunked)
-            if not busy:
-                break
-            await asyncio.sleep(0.05)
+            self._inbox.append(seq)
+            self._received += 1
+            self._wakeup.notify()
+
+    def wake(self) -> None:
+        """Have the loop look at cancellations now, even if it is idle."""
+        with self._lock:
+            self._wakeup.notify()
+
+    def stop(self) -> None:
+        """End the loop after the current step; whatever is left is aborted."""
         with self._lock:
             self._stopping = True
             self._wakeup.notify_all()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._waiting) + len(self._inbox)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._inbox or self._waiting or self._running or self._chunked)
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -197,47 +210,25 @@ class Engine:
                 generated_tokens=self._generated_tokens,
                 finished=self._finished,
                 kv_capacity=self.config.kv_cache_tokens,
+                received=self._received,
             )
 
-    # --- submission (event loop side) --------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> TokenStream:
-        if self.load_error is not None or not self._ready.is_set():
-            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
-        loop = asyncio.get_running_loop()
-        stream = TokenStream(self, request, loop)
-        seq = _Seq(request, stream, deadline=time.monotonic() + self.config.request_timeout)
-        with self._lock:
-            if self._draining or self._stopping:
-                raise EngineShuttingDown("the server is shutting down")
-            if len(self._waiting) + len(self._inbox) >= self.config.max_queued:
-                raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
-            self._inbox.append(seq)
-            self._wakeup.notify()
-        return stream
+    # --- the model's thread ----------------------------------------------------------------------
+    def load(self) -> None:
+        """Build the model and size what depends on it. Raises what the loader raises."""
+        model = self._loader()
+        from model_runner import ModelRunner, default_kv_budget
 
-    def _wake(self) -> None:
-        with self._lock:
-            self._wakeup.notify()
-
-    # --- engine thread -----------------------------------------------------------------------------
-    def _thread_main(self) -> None:
-        try:
-            model = self._loader()
-            from model_runner import ModelRunner, default_kv_budget
-
-            self._runner = ModelRunner(model)
-            if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
-                self.config.kv_cache_tokens = default_kv_budget(model)
-            self._vocab = int(model.config.vocab_size)
-            if not self._max_context:
-                self._max_context = int(getattr(model.config, "max_position_embeddings", 4096))
-        except BaseException as exc:  # reported through /health and every request
-            logger.exception("Model failed to load")
-            self.load_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+        self._runner = ModelRunner(model)
+        if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
+            self.config.kv_cache_tokens = default_kv_budget(model)
+        self._vocab = int(model.config.vocab_size)
+        if not self.max_context:
+            self.max_context = int(getattr(model.config, "max_position_embeddings", 4096))
         logger.info("Engine ready (max_running=%d, kv budget=%d tokens)", self.config.max_running, self.config.kv_cache_tokens)
+
+    def loop(self) -> None:
+        """Step while there is work, sleep while there is none, until :meth:`stop`."""
         while True:
             with self._lock:
                 while not (self._inbox or self._waiting or self._running or self._chunked or self._stopping):
@@ -254,9 +245,9 @@ class Engine:
         self._abort_all()
 
     def _fail_running(self, exc: Exception) -> None:
-        for seq in self._running:
-            self._deliver_now(seq, exc)
-        self._running = []
+        self._sink([(seq.handle, exc) for seq in self._running])
+        with self._lock:
+            self._running = []
         self._runner.batch = None
 
     def _abort_all(self) -> None:
@@ -268,14 +259,12 @@ class Engine:
             self._inbox.clear()
             self._waiting.clear()
             self._running = []
-        for seq in pending:
-            self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+        self._sink([(seq.handle, [TokenEvent(NO_TOKEN, finish_reason="abort")]) for seq in pending])
 
-    def _deliver_now(self, seq: _Seq, item: TokenEvent | BaseException) -> None:
-        try:
-            seq.stream._loop.call_soon_threadsafe(seq.stream._put, item)
-        except RuntimeError:  # the client's loop is gone; nothing to tell
-            pass
+    def _abort(self, seq: _Seq) -> None:
+        """End a sequence that is not in the running batch (waiting, or being prefilled)."""
+        seq.finish = "abort"
+        self._sink([(seq.handle, [TokenEvent(NO_TOKEN, finish_reason="abort")])])
 
     def _step(self) -> None:
         from model_runner import sample
@@ -283,12 +272,12 @@ class Engine:
         now = time.monotonic()
         # 1. Drop cancelled or expired requests, waiting or running.
         for seq in list(self._waiting):
-            if seq.stream.cancelled or now > seq.deadline:
-                self._waiting.remove(seq)
-                seq.finish = "abort"
-                self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+            if seq.handle.cancelled or now > seq.deadline:
+                with self._lock:
+                    self._waiting.remove(seq)
+                self._abort(seq)
         for seq in self._running:
-            if seq.stream.cancelled or now > seq.deadline:
+            if seq.handle.cancelled or now > seq.deadline:
                 seq.finish = "abort"
                 seq.events.append(TokenEvent(NO_TOKEN, finish_reason="abort"))
         self._retire()
@@ -298,10 +287,9 @@ class Engine:
         budget = self.config.max_batched_tokens
         if self._chunked is not None:
             seq, job = self._chunked
-            if seq.stream.cancelled or now > seq.deadline:
+            if seq.handle.cancelled or now > seq.deadline:
                 self._chunked = None
-                seq.finish = "abort"
-                self._deliver_now(seq, TokenEvent(NO_TOKEN, finish_reason="abort"))
+                self._abort(seq)
             else:
                 logits = self._runner.prefill_chunk(job, budget)
                 budget = 0
@@ -320,12 +308,14 @@ class Engine:
             if n > self.config.max_batched_tokens:
                 if self._chunked is not None or len(self._running) + len(admitted) + 1 >= self.config.max_running:
                     break
-                self._waiting.popleft()
-                self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
+                with self._lock:
+                    self._waiting.popleft()
+                    self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
                 continue
             if n > budget:
                 break
-            self._waiting.popleft()
+            with self._lock:
+                self._waiting.popleft()
             admitted.append(seq)
             budget -= n
             timeline = max(timeline, n)
@@ -365,7 +355,7 @@ class Engine:
             finish: FinishReason | None = None
             if s.token in seq.request.params.stop_token_ids:
                 finish = "stop"
-            elif seq.generated >= seq.request.params.max_tokens or seq.context_len >= self._max_context:
+            elif seq.generated >= seq.request.params.max_tokens or seq.context_len >= self.max_context:
                 finish = "length"
             seq.finish = finish
             seq.events.append(TokenEvent(s.token, s.logprob, s.top, finish))
@@ -382,20 +372,101 @@ class Engine:
             self._running = [self._running[i] for i in keep]
 
     def _flush(self) -> None:
-        """Hand this step's events to the event loops, one callback per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[TokenStream, list[TokenEvent]]]] = {}
+        """Hand this step's events to the sink, in one call."""
+        out: Deliveries = []
         for seq in self._running:
             if seq.events:
-                by_loop.setdefault(seq.stream._loop, []).append((seq.stream, seq.events))
+                out.append((seq.handle, seq.events))
                 seq.events = []
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver_batch, items)
-            except RuntimeError:
-                pass
+        self._sink(out)
 
 
-def _deliver_batch(items: list[tuple[TokenStream, list[TokenEvent]]]) -> None:
-    for stream, events in items:
-        for ev in events:
-            stream._put(ev)
+class Engine:
+    """The core on a thread of this process, bridged to asyncio (see module docstring)."""
+
+    def __init__(self, loader: Callable[[], Any], config: EngineConfig, *, max_context: int | None = None) -> None:
+        self.config = config
+        self._core = EngineCore(loader, config, _deliver_to_loops, max_context=max_context)
+        self._draining = self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.load_error: BaseException | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the model and start stepping, both on the engine thread (returns at once)."""
+        self._thread = threading.Thread(target=self._thread_main, name="gptoss-engine", daemon=True)
+        self._thread.start()
+
+    def _thread_main(self) -> None:
+        try:
+            self._core.load()
+        except BaseException as exc:  # reported through /health and every request
+            logger.exception("Model failed to load")
+            self.load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._core.loop()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        if self.load_error is not None:
+            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
+        return self._ready.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.load_error is None and not self._stopped
+
+    @property
+    def max_context(self) -> int:
+        return self._core.max_context
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new requests, let in-flight ones finish within ``grace`` seconds, then stop."""
+        self._draining = True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._core.busy():
+            await asyncio.sleep(0.05)
+        self._stopped = True
+        self._core.stop()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+    def stats(self) -> EngineStats:
+        return self._core.stats()
+
+    # --- submission (event loop side) --------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        if self.load_error is not None or not self._ready.is_set():
+            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
+        if self._draining:
+            raise EngineShuttingDown("the server is shutting down")
+        if self._core.queued() >= self.config.max_queued:
+            raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
+        stream = TokenStream(request, asyncio.get_running_loop(), self._core.wake)
+        self._core.add(request, stream)
+        return stream
+
+
+def _deliver_to_loops(deliveries: Deliveries) -> None:
+    """The thread front end's sink: one ``call_soon_threadsafe`` per event loop per step."""
+    by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
+    for stream, payload in deliveries:
+        by_loop.setdefault(stream._loop, []).append((stream, payload))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(deliver, items)
+        except RuntimeError:  # the client's loop is gone; nothing to tell
+            pass
+
+
+def deliver(items: Deliveries) -> None:
+    """On the event loop: put each request's events (or its error) on its stream."""
+    for stream, payload in items:
+        if isinstance(payload, BaseException):
+            stream._put(payload)
+        else:
+            for ev in payload:
+                stream._put(ev)
