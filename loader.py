@@ -6,10 +6,11 @@ same ``from_pretrained`` path as the real model, so tests exercise the real load
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine import EngineConfig
 from engine_types import DEFAULT_CPU_KV_TOKENS
@@ -80,3 +81,21 @@ def engine_config(settings: Settings, device: str) -> EngineConfig:
         kv_cache_tokens=kv,
         request_timeout=settings.request_timeout,
     )
+
+
+def build_engine(settings: Settings, checkpoint: Callable[[], str | None]) -> Any:
+    """The engine front end the settings ask for; neither loads anything before ``start()``.
+
+    ``checkpoint()`` (which may download) runs on the engine's background thread, so /health
+    answers 503 instead of hanging while the model arrives.
+    """
+    config = engine_config(settings, pick_device(settings))
+    if settings.engine_process:
+        from engine_process import ProcessEngine
+
+        return ProcessEngine(
+            lambda: functools.partial(load_model, settings, checkpoint()), config, log_level=settings.log_level
+        )
+    from engine import Engine
+
+    return Engine(lambda: load_model(settings, checkpoint()), config)

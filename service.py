@@ -15,11 +15,10 @@ import bentoml
 
 from access_log import AccessLogMiddleware, note
 from auth import AuthMiddleware, charge_tokens, get_principal, install_sighup_handler, validate_auth_config
-from engine import Engine
 from engine_types import GenerationRequest, SamplingParams
 from harmony_mapping import ChatStreamParser, render_simple_chat
 from harmony_vocab import load_encoding
-from loader import engine_config, load_model, pick_device
+from loader import build_engine, engine_config
 from metrics import EngineGauges, TokenTimings
 from openai_compat import app as openai_app
 from openai_compat import attach_backend
@@ -90,13 +89,13 @@ class GptOss:
             install_sighup_handler(store)
         self.settings = settings
         self.encoding = load_encoding(settings.cache_dir)
-        device = pick_device(settings)
-        config = engine_config(settings, device)
-        # Loads (and downloads a pinned checkpoint that is not baked in) on the engine thread;
+        # Loads (and downloads a pinned checkpoint that is not baked in) in the background;
         # /health answers 503 until it is ready.
-        self.engine = Engine(lambda: load_model(settings, self._checkpoint()), config)
+        self.engine = build_engine(settings, self._checkpoint)
         self.engine.start()
-        self.gauges = EngineGauges(self.engine.stats, settings.served_model_name, kv_capacity=config.kv_cache_tokens)
+        self.gauges = EngineGauges(
+            self.engine.stats, settings.served_model_name, kv_capacity=self.engine.config.kv_cache_tokens
+        )
         self.gauges.start()
         self.observer = TokenTimings(settings.served_model_name)
         attach_backend(

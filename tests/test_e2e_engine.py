@@ -15,14 +15,16 @@ from tests.conftest import ADMIN_KEY, RemoteServer
 MODEL = "gpt-oss-20b"
 
 
-@pytest.fixture()
-def small_server(tmp_path) -> RemoteServer:
+@pytest.fixture(params=["thread", "process"])
+def small_server(request, tmp_path) -> RemoteServer:
+    """Both engine front ends: on a thread of the worker (default) and in a child process."""
     srv = RemoteServer(
         {
             "GPTOSS_API_KEYS": ADMIN_KEY,
             "GPTOSS_MAX_RUNNING": "1",
             "GPTOSS_MAX_QUEUED": "1",
             "GPTOSS_SHUTDOWN_GRACE": "60",
+            "GPTOSS_ENGINE_PROCESS": str(request.param == "process").lower(),
         },
         log_path=tmp_path / "server.log",
     )
@@ -62,13 +64,18 @@ def test_queue_overflow_is_429_with_retry_after(small_server: RemoteServer):
 
 
 def test_sigterm_drains_in_flight_requests(small_server: RemoteServer):
+    import psutil
+
     result: dict = {}
     t = _stream_in_background(small_server, 200, result)
     time.sleep(1.0)
+    tree = psutil.Process(small_server.proc.pid).children(recursive=True)  # workers (and engine process)
     small_server.proc.send_signal(signal.SIGTERM)
     t.join(120)
     assert "error" not in result, result.get("error")
     assert result.get("finish") == "length"  # the stream completed during shutdown
     assert small_server.proc.wait(60) is not None
+    _gone, alive = psutil.wait_procs(tree, timeout=15)
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     with pytest.raises(httpx.HTTPError):
         httpx.get(small_server.url("/health"), timeout=2)
