@@ -381,16 +381,42 @@ class EngineCore:
         self._sink(out)
 
 
-class Engine:
+class FrontEnd:
+    """What both front ends share: readiness, the load error, and which requests they refuse."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self._draining = self._stopped = False
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        if self.load_error is not None:
+            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
+        return self._ready.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.load_error is None and not self._stopped
+
+    def _admit(self, queued: int) -> None:
+        """Raise what a new request gets instead of a stream, given how many already wait."""
+        if self.load_error is not None or not self._ready.is_set():
+            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
+        if self._draining:
+            raise EngineShuttingDown("the server is shutting down")
+        if queued >= self.config.max_queued:
+            raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
+
+
+class Engine(FrontEnd):
     """The core on a thread of this process, bridged to asyncio (see module docstring)."""
 
     def __init__(self, loader: Callable[[], Any], config: EngineConfig, *, max_context: int | None = None) -> None:
-        self.config = config
-        self._core = EngineCore(loader, config, _deliver_to_loops, max_context=max_context)
-        self._draining = self._stopped = False
+        super().__init__(config)
+        self._core = EngineCore(loader, config, post_to_loops, max_context=max_context)
         self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self.load_error: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -408,16 +434,6 @@ class Engine:
             return
         self._ready.set()
         self._core.loop()
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        self._ready.wait(timeout)
-        if self.load_error is not None:
-            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
-        return self._ready.is_set()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self.load_error is None and not self._stopped
 
     @property
     def max_context(self) -> int:
@@ -439,19 +455,17 @@ class Engine:
 
     # --- submission (event loop side) --------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> TokenStream:
-        if self.load_error is not None or not self._ready.is_set():
-            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
-        if self._draining:
-            raise EngineShuttingDown("the server is shutting down")
-        if self._core.queued() >= self.config.max_queued:
-            raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
+        self._admit(self._core.queued())
         stream = TokenStream(request, asyncio.get_running_loop(), self._core.wake)
         self._core.add(request, stream)
         return stream
 
 
-def _deliver_to_loops(deliveries: Deliveries) -> None:
-    """The thread front end's sink: one ``call_soon_threadsafe`` per event loop per step."""
+def post_to_loops(deliveries: Deliveries) -> None:
+    """Hand deliveries for streams to their event loops: one ``call_soon_threadsafe`` per loop.
+
+    The thread front end's sink; the process front end calls it for each step it receives.
+    """
     by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
     for stream, payload in deliveries:
         by_loop.setdefault(stream._loop, []).append((stream, payload))

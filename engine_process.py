@@ -30,15 +30,15 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from engine import Deliveries, EngineConfig, EngineCore, EngineStats, TokenStream, deliver
-from engine_types import EngineNotReady, EngineOverloaded, EngineShuttingDown, GenerationRequest
+from engine import Deliveries, EngineConfig, EngineCore, EngineStats, FrontEnd, TokenStream, post_to_loops
+from engine_types import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
 _EMPTY_STATS = EngineStats(running=0, waiting=0, kv_tokens=0, steps=0, prompt_tokens=0, generated_tokens=0, finished=0)
 
 
-class ProcessEngine:
+class ProcessEngine(FrontEnd):
     """Continuous batching in a child process, bridged to asyncio (see module docstring).
 
     ``prepare()`` runs on a thread of this process before the child starts (it may download the
@@ -53,7 +53,7 @@ class ProcessEngine:
         max_context: int | None = None,
         log_level: str = "INFO",
     ) -> None:
-        self.config = config
+        super().__init__(config)
         self._prepare = prepare
         self._max_context = max_context or 0
         self._log_level = log_level
@@ -65,9 +65,6 @@ class ProcessEngine:
         self._link: threading.Thread | None = None
         self._snapshot = _EMPTY_STATS
         self._submitted = 0
-        self._ready = threading.Event()
-        self._draining = self._stopped = False
-        self.load_error: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -81,16 +78,6 @@ class ProcessEngine:
     def _close_at_exit(self) -> None:
         self._stopped = True
         self._send(("stop",))
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        self._ready.wait(timeout)
-        if self.load_error is not None:
-            raise RuntimeError(f"model failed to load: {self.load_error}") from self.load_error
-        return self._ready.is_set()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self.load_error is None and not self._stopped
 
     @property
     def max_context(self) -> int:
@@ -129,12 +116,7 @@ class ProcessEngine:
 
     # --- submission (event loop side) --------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> TokenStream:
-        if self.load_error is not None or not self._ready.is_set():
-            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
-        if self._draining:
-            raise EngineShuttingDown("the server is shutting down")
-        if self.stats().waiting >= self.config.max_queued:
-            raise EngineOverloaded(f"{self.config.max_queued} requests are already queued")
+        self._admit(self.stats().waiting)
         rid = next(self._ids)
         stream = TokenStream(request, asyncio.get_running_loop(), lambda: self._send(("cancel", rid)))
         self._streams[rid] = stream
@@ -204,7 +186,7 @@ class ProcessEngine:
         self._fail_all(RuntimeError("the engine process stopped"))
 
     def _dispatch(self, items: list[tuple[int, Any]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
+        out: Deliveries = []
         for rid, payload in items:
             stream = self._streams.get(rid)
             if stream is None:
@@ -214,23 +196,12 @@ class ProcessEngine:
                 self._streams.pop(rid, None)
             elif payload and payload[-1].finish_reason is not None:
                 self._streams.pop(rid, None)
-            by_loop.setdefault(stream._loop, []).append((stream, payload))
-        for loop, group in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, group)
-            except RuntimeError:  # the client's loop is gone; nothing to tell
-                pass
+            out.append((stream, payload))
+        post_to_loops(out)
 
     def _fail_all(self, exc: BaseException) -> None:
         streams, self._streams = self._streams, {}
-        by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
-        for stream in streams.values():
-            by_loop.setdefault(stream._loop, []).append((stream, exc))
-        for loop, group in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, group)
-            except RuntimeError:
-                pass
+        post_to_loops([(stream, exc) for stream in streams.values()])
 
 
 class _RemoteHandle:
