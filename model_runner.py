@@ -10,6 +10,7 @@ for every row are trimmed. This runs only on the engine thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -309,6 +310,7 @@ def _sample_row(row: torch.Tensor, st: SamplerState) -> int:
     return int(idx[pos]) if idx is not None else pos
 
 
+@functools.lru_cache(maxsize=8)
 def _argmax_block(vocab: int) -> int | None:
     """The largest divisor of ``vocab`` in [256, 4096]: rows are reduced in blocks that size."""
     for blk in range(min(4096, vocab), 255, -1):
