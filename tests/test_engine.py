@@ -120,20 +120,28 @@ async def test_stop_token_and_length_finish(model):
         await engine.shutdown(1)
 
 
+async def cancel_one_of_two(engine) -> tuple[list, asyncio.Task]:
+    """Start an endless request and a 30-token one; cancel the first after 5 tokens.
+
+    Returns the events the cancelled stream still yields, and the other request's task.
+    """
+    stream = engine.submit(GenerationRequest(PROMPTS[1], greedy(100000)))
+    other = asyncio.create_task(collect(engine, PROMPTS[2], greedy(30)))
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 5:
+            break
+    assert engine.stats().running >= 1
+    stream.ready_events()  # tokens delivered before the cancel
+    stream.cancel()
+    return [ev async for ev in stream], other
+
+
 async def test_cancel_frees_slot_within_a_step(model):
     engine = make_engine(model)
     try:
-        stream = engine.submit(GenerationRequest(PROMPTS[1], greedy(100000)))
-        other = asyncio.create_task(collect(engine, PROMPTS[2], greedy(30)))
-        got = 0
-        async for _ in stream:
-            got += 1
-            if got == 5:
-                break
-        assert engine.stats().running >= 1
-        stream.ready_events()  # tokens delivered before the cancel
-        stream.cancel()
-        rest = [ev async for ev in stream]
+        rest, other = await cancel_one_of_two(engine)
         # Ends as aborted, after at most the step in flight (plus one whose delivery was queued).
         assert rest and rest[-1].finish_reason == "abort"
         assert sum(ev.token_id >= 0 for ev in rest) <= 2

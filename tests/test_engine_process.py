@@ -12,15 +12,10 @@ import pytest
 
 from engine import Engine, EngineConfig
 from engine_process import ProcessEngine
-from engine_types import EngineNotReady, EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
+from engine_types import EngineNotReady, EngineOverloaded, EngineShuttingDown, GenerationRequest
 from loader import load_model, resolve_model_path
 from settings import Settings
-
-PROMPTS = [[200006, 1428, 200008, 13225, 11, 1495], list(range(1000, 1040)), [3, 4, 5], list(range(5000, 5150))]
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0)
+from tests.test_engine import PROMPTS, cancel_one_of_two, collect, greedy
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +33,6 @@ def make_engine(model_path: str, **cfg) -> ProcessEngine:
 
 def _failing_loader() -> None:
     raise OSError("no such checkpoint: /nowhere")
-
-
-async def collect(engine, prompt, params: SamplingParams) -> list[int]:
-    return [ev.token_id async for ev in engine.submit(GenerationRequest(list(prompt), params))]
 
 
 async def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -76,15 +67,7 @@ async def test_same_tokens_as_the_thread_engine_alone_and_batched(model_path):
 async def test_cancel_frees_the_slot_and_others_continue(model_path):
     engine = make_engine(model_path)
     try:
-        stream = engine.submit(GenerationRequest(PROMPTS[1], greedy(100_000)))
-        other = asyncio.create_task(collect(engine, PROMPTS[2], greedy(30)))
-        got = 0
-        async for _ in stream:
-            got += 1
-            if got == 5:
-                break
-        stream.cancel()
-        rest = [ev async for ev in stream]
+        rest, other = await cancel_one_of_two(engine)
         assert rest and rest[-1].finish_reason == "abort"
         assert sum(ev.token_id >= 0 for ev in rest) <= 4  # the steps already on their way
         assert await wait_until(lambda: engine.stats().running == (0 if other.done() else 1))
