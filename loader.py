@@ -61,6 +61,10 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
         from cpu_kernels import prepack_lm_head
 
         prepack_lm_head(model)
+    if device == "cpu" and settings.cpu_dense_experts:
+        from cpu_kernels import use_dense_experts
+
+        use_dense_experts(model)
     if settings.is_tiny:
         logger.warning(
             "Serving the TINY RANDOM-WEIGHT test model: its output is noise. Set GPTOSS_MODEL to "

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
 
     cpu_prepack: bool = Field(True, description="CPU: prepack lm_head for oneDNN (exact, ~2x faster projection).")
+    cpu_dense_experts: bool = Field(
+        True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
+    )
 
     # --- generation defaults ---------------------------------------------------------------------
     default_max_tokens: int = Field(

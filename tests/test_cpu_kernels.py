@@ -1,10 +1,21 @@
-"""The prepacked lm_head is exact: same logits, same greedy tokens as the stock model."""
+"""CPU speed-ups are exact: same logits, same greedy tokens as the stock model."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from transformers import GptOssConfig
+from transformers.integrations.moe import grouped_mm_experts_forward
+from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
 
-from cpu_kernels import PrepackedLinear, prepack_lm_head
+from cpu_kernels import (
+    DENSE_EXPERTS,
+    PrepackedLinear,
+    _dense_fits,
+    dense_experts_forward,
+    prepack_lm_head,
+    use_dense_experts,
+)
 from loader import load_model, resolve_model_path
 from settings import Settings
 
@@ -19,10 +30,10 @@ def test_prepacked_linear_is_bit_identical():
 
 
 def test_model_with_prepacked_head_generates_the_same():
-    settings = Settings(model="tiny", cpu_prepack=False)
+    settings = Settings(model="tiny", cpu_prepack=False, cpu_dense_experts=False)
     path = resolve_model_path(settings)
     stock = load_model(settings, path)
-    fast = load_model(Settings(model="tiny", cpu_prepack=True), path)
+    fast = load_model(Settings(model="tiny", cpu_prepack=True, cpu_dense_experts=False), path)
     assert isinstance(fast.lm_head, PrepackedLinear)
     assert not isinstance(stock.lm_head, PrepackedLinear)
     assert prepack_lm_head(fast) is False  # already swapped: nothing to do
@@ -31,4 +42,56 @@ def test_model_with_prepacked_head_generates_the_same():
         a = stock.generate(ids, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids))
         b = fast.generate(ids, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids))
         assert torch.equal(stock(ids).logits, fast(ids).logits)
+    assert torch.equal(a, b)
+
+
+def _experts(experts: int, top_k: int, hidden: int, device: str = "cpu") -> GptOssExperts:
+    config = GptOssConfig(
+        hidden_size=hidden, intermediate_size=hidden, num_local_experts=experts, num_experts_per_tok=top_k
+    )
+    config._experts_implementation = "grouped_mm"
+    with torch.device(device):
+        module = GptOssExperts(config).to(torch.bfloat16)
+    if device == "cpu":
+        gen = torch.Generator().manual_seed(1)
+        for p in module.parameters():
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return module
+
+
+@pytest.mark.parametrize("tokens", [4, 16, 64])
+def test_dense_experts_match_grouped_mm_bit_for_bit(tokens):
+    experts, top_k = 8, 2
+    module = _experts(experts, top_k, hidden=256)
+    assert _dense_fits(module, tokens, top_k)
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 256, generator=gen).to(torch.bfloat16)
+    idx = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
+    w = torch.softmax(torch.randn(tokens, top_k, generator=gen), dim=-1).to(torch.bfloat16)
+    with torch.inference_mode():
+        dense = dense_experts_forward(module, x, idx, w)
+        grouped = grouped_mm_experts_forward(module, x, idx, w)
+    assert torch.equal(dense, grouped)
+
+
+def test_dense_experts_only_when_cheap():
+    small = _experts(8, 2, hidden=256)
+    assert not _dense_fits(small, 1, 2)  # one token hits 2 of 8 experts: grouped reads less
+    assert _dense_fits(small, 64, 2)
+    assert not _dense_fits(small, 512, 2)  # a long prefill: too many multiply-adds
+    real = _experts(32, 4, hidden=2880, device="meta")  # gpt-oss-20b's MoE shape, no memory
+    assert not any(_dense_fits(real, t, 4) for t in (1, 8, 16, 64))
+
+
+def test_tiny_model_uses_dense_experts_and_generates_the_same():
+    path = resolve_model_path(Settings(model="tiny"))
+    stock = load_model(Settings(model="tiny", cpu_dense_experts=False), path)
+    fast = load_model(Settings(model="tiny", cpu_dense_experts=True), path)
+    assert stock.config._experts_implementation == "grouped_mm"
+    assert fast.config._experts_implementation == DENSE_EXPERTS
+    assert use_dense_experts(fast) is False  # already on: nothing to do
+    ids = torch.tensor([[200006, 1428, 200008, 13225, 11, 1495], [200006, 1428, 200008, 9906, 0, 17]] * 4)
+    with torch.inference_mode():
+        a = stock.generate(ids, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids))
+        b = fast.generate(ids, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids))
     assert torch.equal(a, b)
