@@ -57,6 +57,10 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
     logger.info("Loading model %s on %s (%s)", path, device, kwargs.get("dtype"))
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline, **kwargs)
     model.eval()
+    if settings.gqa_attention:
+        from attention import use_gqa_attention
+
+        use_gqa_attention(model)
     if device == "cpu" and settings.cpu_prepack:
         from cpu_kernels import prepack_lm_head
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
 
     cpu_prepack: bool = Field(True, description="CPU: prepack lm_head for oneDNN (exact, ~2x faster projection).")
+    gqa_attention: bool = Field(
+        True, description="Eager attention reads the KV cache in place instead of repeating it per query head."
+    )
     cpu_dense_experts: bool = Field(
         True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
     )
