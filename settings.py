@@ -98,7 +98,7 @@ class Settings(BaseSettings):
 # This project's modules; BentoML configures the root handlers, we set our loggers' level.
 PROJECT_LOGGERS = (
     "gptoss", "auth", "engine", "engine_process", "loader", "serving", "openai_compat", "harmony_mapping",
-    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "access_log", "gptoss.access",
+    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "attention", "access_log", "gptoss.access",
 )
 
 
