@@ -121,18 +121,25 @@ def _moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if hasattr(m, "gate_up_proj") and hasattr(m, "_apply_gate")]
 
 
+def random_routing(
+    experts: torch.nn.Module, tokens: int, top_k: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random hidden states, distinct top-k experts per token and softmaxed weights, in the layer's dtype."""
+    dtype = experts.gate_up_proj.dtype
+    x = torch.randn(tokens, experts.hidden_size, generator=gen).to(dtype)
+    idx = torch.stack([torch.randperm(experts.num_experts, generator=gen)[:top_k] for _ in range(tokens)])
+    w = torch.softmax(torch.randn(tokens, top_k, generator=gen), dim=-1).to(dtype)
+    return x, idx, w
+
+
 def _dense_agrees(experts: torch.nn.Module, top_k: int) -> bool:
     """Dense and grouped_mm give the same bits on random tokens and routings this layer accepts."""
     gen = torch.Generator().manual_seed(0)
-    n, h = experts.num_experts, experts.hidden_size
-    dtype = experts.gate_up_proj.dtype
     with torch.inference_mode():
-        for tokens in (-(-n // top_k), 16, 64):
+        for tokens in (-(-experts.num_experts // top_k), 16, 64):
             if not _dense_fits(experts, tokens, top_k):
                 continue
-            x = torch.randn(tokens, h, generator=gen).to(dtype)
-            idx = torch.stack([torch.randperm(n, generator=gen)[:top_k] for _ in range(tokens)])
-            w = torch.softmax(torch.randn(tokens, top_k, generator=gen), dim=-1).to(dtype)
+            x, idx, w = random_routing(experts, tokens, top_k, gen)
             if not torch.equal(dense_experts_forward(experts, x, idx, w), grouped_mm_experts_forward(experts, x, idx, w)):
                 return False
     return True

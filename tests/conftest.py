@@ -167,3 +167,12 @@ def isolated_server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -
     srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file), "BENTOML_HOME": str(home)}, log_path=log)
     yield srv
     srv.stop()
+
+
+def tiny_pair(flag: str, **common):
+    """The tiny model loaded twice, with the speed-up setting ``flag`` off and then on."""
+    from loader import load_model, resolve_model_path
+    from settings import Settings
+
+    path = resolve_model_path(Settings(model="tiny"))
+    return tuple(load_model(Settings(model="tiny", **common, **{flag: on}), path) for on in (False, True))

@@ -7,8 +7,7 @@ import torch
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
 from attention import GQA_ATTENTION, gqa_attention_forward, use_gqa_attention
-from loader import load_model, resolve_model_path
-from settings import Settings
+from tests.conftest import tiny_pair
 
 
 class _Heads(torch.nn.Module):
@@ -61,9 +60,7 @@ def test_each_row_is_independent_of_its_batch(batch, positions):
 
 
 def test_tiny_model_switches_and_stays_close_to_eager():
-    path = resolve_model_path(Settings(model="tiny"))
-    eager = load_model(Settings(model="tiny", gqa_attention=False), path)
-    fast = load_model(Settings(model="tiny", gqa_attention=True), path)
+    eager, fast = tiny_pair("gqa_attention")
     assert eager.config._attn_implementation == "eager"
     assert fast.config._attn_implementation == GQA_ATTENTION
     assert use_gqa_attention(fast) is False  # only replaces eager

@@ -14,10 +14,10 @@ from cpu_kernels import (
     _dense_fits,
     dense_experts_forward,
     prepack_lm_head,
+    random_routing,
     use_dense_experts,
 )
-from loader import load_model, resolve_model_path
-from settings import Settings
+from tests.conftest import tiny_pair
 
 
 def test_prepacked_linear_is_bit_identical():
@@ -30,10 +30,7 @@ def test_prepacked_linear_is_bit_identical():
 
 
 def test_model_with_prepacked_head_generates_the_same():
-    settings = Settings(model="tiny", cpu_prepack=False, cpu_dense_experts=False)
-    path = resolve_model_path(settings)
-    stock = load_model(settings, path)
-    fast = load_model(Settings(model="tiny", cpu_prepack=True, cpu_dense_experts=False), path)
+    stock, fast = tiny_pair("cpu_prepack", cpu_dense_experts=False)
     assert isinstance(fast.lm_head, PrepackedLinear)
     assert not isinstance(stock.lm_head, PrepackedLinear)
     assert prepack_lm_head(fast) is False  # already swapped: nothing to do
@@ -64,10 +61,7 @@ def test_dense_experts_match_grouped_mm_bit_for_bit(tokens):
     experts, top_k = 8, 2
     module = _experts(experts, top_k, hidden=256)
     assert _dense_fits(module, tokens, top_k)
-    gen = torch.Generator().manual_seed(tokens)
-    x = torch.randn(tokens, 256, generator=gen).to(torch.bfloat16)
-    idx = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
-    w = torch.softmax(torch.randn(tokens, top_k, generator=gen), dim=-1).to(torch.bfloat16)
+    x, idx, w = random_routing(module, tokens, top_k, torch.Generator().manual_seed(tokens))
     with torch.inference_mode():
         dense = dense_experts_forward(module, x, idx, w)
         grouped = grouped_mm_experts_forward(module, x, idx, w)
@@ -84,9 +78,7 @@ def test_dense_experts_only_when_cheap():
 
 
 def test_tiny_model_uses_dense_experts_and_generates_the_same():
-    path = resolve_model_path(Settings(model="tiny"))
-    stock = load_model(Settings(model="tiny", cpu_dense_experts=False), path)
-    fast = load_model(Settings(model="tiny", cpu_dense_experts=True), path)
+    stock, fast = tiny_pair("cpu_dense_experts")
     assert stock.config._experts_implementation == "grouped_mm"
     assert fast.config._experts_implementation == DENSE_EXPERTS
     assert use_dense_experts(fast) is False  # already on: nothing to do
