@@ -56,6 +56,21 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
     offline = bool(os.environ.get("HF_HUB_OFFLINE")) or Path(path).is_dir()
     logger.info("Loading model %s on %s (%s)", path, device, kwargs.get("dtype"))
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=offline, **kwargs)
+    prepare_model(model, settings, device)
+    if settings.is_tiny:
+        logger.warning(
+            "Serving the TINY RANDOM-WEIGHT test model: its output is noise. Set GPTOSS_MODEL to "
+            "openai/gpt-oss-20b (or a local checkpoint directory) for the real model."
+        )
+    return model
+
+
+def prepare_model(model: Any, settings: Settings, device: str) -> None:
+    """The kernels the settings ask for, applied to a loaded model.
+
+    Separate from :func:`load_model` so that a model built in memory (bench/gpu_engine.py's
+    full-size random-weight model) is served exactly as a loaded checkpoint would be.
+    """
     model.eval()
     if settings.gqa_attention:
         from attention import use_gqa_attention
@@ -69,12 +84,6 @@ def load_model(settings: Settings, path: str | None = None) -> Any:
         from cpu_kernels import use_dense_experts
 
         use_dense_experts(model)
-    if settings.is_tiny:
-        logger.warning(
-            "Serving the TINY RANDOM-WEIGHT test model: its output is noise. Set GPTOSS_MODEL to "
-            "openai/gpt-oss-20b (or a local checkpoint directory) for the real model."
-        )
-    return model
 
 
 def engine_config(settings: Settings, device: str) -> EngineConfig:

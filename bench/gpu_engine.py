@@ -1,0 +1,346 @@
+"""Our engine on a GPU: a full-size gpt-oss-20b config with random bf16 weights made on the device.
+
+No checkpoint is read (the GPU host has no network): the model is built from gpt-oss-20b's
+config with random weights, directly on the device, then goes through the same
+``loader.prepare_model`` and engine configuration as a served checkpoint. Measures, in one run:
+
+* raw ``model.generate`` (greedy, static batch of 1 and of N): the no-server baseline;
+* the default thread engine at each stream count: output tokens/s, TTFT p50/p95, latency
+  p50/p95, decode steps/s, and the event loop's lag p99 (what /health would wait behind);
+* the same with ``GPTOSS_GQA_ATTENTION`` off (transformers' eager attention), same model;
+* the opt-in process engine (``GPTOSS_ENGINE_PROCESS``), which builds its own model in a child;
+* whether stream 0's greedy tokens are the same alone and batched.
+
+    python bench/gpu_engine.py                          # on the GPU host (see README, Performance)
+    python bench/gpu_engine.py --shape bench --streams 1,4 --max-tokens 16   # a CPU dry run
+
+Not a test: figures depend on the machine. Results go to stdout and, with --out, to a JSON file
+rewritten after each phase (so a run cut short still leaves what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import json
+import logging
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("bench.gpu")
+
+# gpt-oss-20b's config.json; everything else is GptOssConfig's default, which is gpt-oss's.
+SHAPES: dict[str, dict[str, Any]] = {
+    "20b": dict(num_hidden_layers=24, num_local_experts=32),
+    # The CPU benchmark's model shape (tiny_model.SHAPES["bench"]), for a dry run off the GPU.
+    "bench": dict(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+    ),
+}
+SPECIALS = dict(pad_token_id=199999, eos_token_id=200002, bos_token_id=199998)
+
+
+def build_random_model(shape: str, seed: int = 0) -> Any:
+    """gpt-oss of the given shape, random bf16 weights created on the device, kernels applied.
+
+    Module level and picklable, so the process engine's child can build its own copy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GptOssConfig
+
+    from loader import pick_device, prepare_model
+    from settings import get_settings
+
+    settings = get_settings()
+    device = pick_device(settings)
+    config = GptOssConfig(**SHAPES[shape], **SPECIALS)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    prepare_model(model, settings, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    n = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Built %s model on %s: %.2fB params in %.1f s; attention=%s experts=%s",
+        shape, device, n / 1e9, time.perf_counter() - t0,
+        model.config._attn_implementation, getattr(model.config, "_experts_implementation", None),
+    )
+    return model
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def make_prompts(n: int, length: int, seed: int = 7) -> list[list[int]]:
+    """Distinct random prompts (ordinary tokens only), so each row routes its own experts."""
+    rng = random.Random(seed)
+    return [[rng.randrange(0, 199_998) for _ in range(length)] for _ in range(n)]
+
+
+async def _loop_lag(stop: asyncio.Event, out: list[float]) -> None:
+    """How late a 10 ms timer fires: the wait a /health request would see on this loop."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.01)
+        out.append(time.perf_counter() - t - 0.01)
+
+
+async def drive(engine: Any, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+    """Submit every prompt at once; stream all of them to the end (greedy, fixed length)."""
+    from engine_types import GenerationRequest, SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    stop, lags = asyncio.Event(), []
+    lag_task = asyncio.create_task(_loop_lag(stop, lags))
+    steps0 = engine.stats().steps
+    t0 = time.perf_counter()
+
+    async def one(prompt: list[int]) -> tuple[float, float, list[int]]:
+        first = None
+        tokens: list[int] = []
+        async for ev in engine.submit(GenerationRequest(prompt_ids=prompt, params=params)):
+            if ev.token_id >= 0:
+                tokens.append(ev.token_id)
+                first = first or time.perf_counter()
+            if ev.finish_reason is not None:
+                break
+        return (first or time.perf_counter()) - t0, time.perf_counter() - t0, tokens
+
+    done = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - t0
+    stop.set()
+    await lag_task
+    steps = engine.stats().steps - steps0
+    ttft = [d[0] for d in done]
+    lat = [d[1] for d in done]
+    n_tokens = sum(len(d[2]) for d in done)
+    return {
+        "streams": len(prompts),
+        "tokens": n_tokens,
+        "wall_s": round(wall, 3),
+        "tok_s": round(n_tokens / wall, 1),
+        "ttft_p50": round(_pct(ttft, 0.5), 4),
+        "ttft_p95": round(_pct(ttft, 0.95), 4),
+        "lat_p50": round(_pct(lat, 0.5), 3),
+        "lat_p95": round(_pct(lat, 0.95), 3),
+        "steps_per_s": round(steps / wall, 1),
+        "loop_lag_p99_ms": round(1000 * _pct(lags, 0.99), 2),
+        "first_tokens": done[0][2],
+    }
+
+
+async def sampling_check(engine: Any, prompt: list[int]) -> dict[str, Any]:
+    """Every sampler feature in one batch on this device; two same-seed rows must agree."""
+    from engine_types import GenerationRequest, SamplingParams
+
+    seeded = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.9, seed=42, presence_penalty=0.5)
+    params = [
+        seeded,
+        seeded,
+        SamplingParams(max_tokens=16, temperature=1.0, top_k=50, min_p=0.05, frequency_penalty=0.3, logprobs=2),
+        SamplingParams(max_tokens=16, temperature=0.0, repetition_penalty=1.2, logit_bias={100: 5.0}),
+    ]
+
+    async def one(p: SamplingParams) -> tuple[list[int], int]:
+        toks, with_logprobs = [], 0
+        async for ev in engine.submit(GenerationRequest(prompt_ids=prompt, params=p)):
+            if ev.token_id >= 0:
+                toks.append(ev.token_id)
+                with_logprobs += ev.logprob is not None and ev.top_logprobs is not None
+        return toks, with_logprobs
+
+    done = await asyncio.gather(*(one(p) for p in params))
+    return {
+        "tokens_per_row": [len(t) for t, _ in done],
+        "same_seed_rows_agree": done[0][0] == done[1][0],
+        "logprob_events": done[2][1],
+    }
+
+
+def run_engine(
+    engine: Any, levels: list[int], prompts: list[list[int]], max_tokens: int, check_sampling: bool = False
+) -> list[dict[str, Any]]:
+    """Warm up, then one measured run per stream count; the engine is shut down at the end."""
+
+    async def main() -> list[dict[str, Any]]:
+        await drive(engine, prompts[:2], 8)  # kernels, cuBLAS handles and allocator warm-up
+        out = []
+        for n in levels:
+            r = await drive(engine, prompts[:n], max_tokens)
+            logger.info("  %3d streams: %s", n, {k: v for k, v in r.items() if k != "first_tokens"})
+            out.append(r)
+        if check_sampling:
+            r = await sampling_check(engine, prompts[0])
+            logger.info("  sampling check: %s", r)
+            out.append({"streams": 0, "sampling_check": r})
+        await engine.shutdown(grace=5.0)
+        return out
+
+    return asyncio.run(main())
+
+
+def bench_generate(model: Any, levels: list[int], prompts: list[list[int]], max_tokens: int) -> list[dict[str, Any]]:
+    """Raw ``model.generate``, greedy, a static batch of equal-length prompts (no server, no padding)."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    for n in [1, *levels] if 1 not in levels else levels:
+        ids = torch.tensor(prompts[:n], device=device)
+        kw = dict(do_sample=False, pad_token_id=SPECIALS["pad_token_id"], eos_token_id=None)
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            gen = model.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, **kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        n_tokens = (gen.shape[1] - ids.shape[1]) * n
+        r = {"streams": n, "tokens": n_tokens, "wall_s": round(wall, 3), "tok_s": round(n_tokens / wall, 1),
+             "first_tokens": gen[0, ids.shape[1]:].tolist()}
+        logger.info("  generate batch %3d: %.1f tok/s", n, r["tok_s"])
+        out.append(r)
+    return out
+
+
+def _same_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="20b")
+    ap.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--phases", default="generate,thread,eager,process",
+                    help="which of generate, thread, eager (GQA attention off), process to run")
+    ap.add_argument("--out", type=Path, default=None, help="JSON results file, rewritten after each phase")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    import torch
+
+    import settings as settings_mod
+    from engine import Engine
+    from loader import engine_config, pick_device
+
+    levels = [int(x) for x in args.streams.split(",")]
+    phases = args.phases.split(",")
+    prompts = make_prompts(max(levels), args.prompt_len)
+    settings = settings_mod.get_settings()
+    device = pick_device(settings)
+    results: dict[str, Any] = {
+        "shape": args.shape, "prompt_len": args.prompt_len, "max_tokens": args.max_tokens,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+    }
+    import transformers
+
+    results["transformers"] = transformers.__version__
+
+    def save() -> None:
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+
+    model = build_random_model(args.shape)
+    results["attention"] = model.config._attn_implementation
+    results["experts"] = getattr(model.config, "_experts_implementation", None)
+    if device == "cuda":
+        results["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
+    save()
+    if "generate" in phases:
+        logger.info("Raw model.generate")
+        results["generate"] = bench_generate(model, levels, prompts, args.max_tokens)
+        save()
+    if "thread" in phases:
+        logger.info("Thread engine (default), attention=%s", model.config._attn_implementation)
+        engine = Engine(lambda: model, engine_config(settings, device))
+        engine.start()
+        engine.wait_ready()
+        results["thread"] = run_engine(engine, levels, prompts, args.max_tokens, check_sampling=True)
+        results["sampling_check"] = results["thread"].pop()["sampling_check"]
+        results["kv_budget_tokens"] = engine.config.kv_cache_tokens
+        save()
+    if "eager" in phases and model.config._attn_implementation != "eager":
+        model.set_attn_implementation("eager")
+        logger.info("Thread engine, transformers' eager attention (GPTOSS_GQA_ATTENTION=false)")
+        engine = Engine(lambda: model, engine_config(settings, device))
+        engine.start()
+        engine.wait_ready()
+        results["thread_eager_attention"] = run_engine(engine, levels, prompts, args.max_tokens)
+        save()
+    del model
+    engine = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if "process" in phases:
+        from engine_process import ProcessEngine
+
+        logger.info("Process engine (GPTOSS_ENGINE_PROCESS=true): the child builds its own model")
+        engine = ProcessEngine(
+            lambda: functools.partial(build_random_model, args.shape), engine_config(settings, device),
+            log_level=settings.log_level,
+        )
+        engine.start()
+        engine.wait_ready()
+        results["process"] = run_engine(engine, levels, prompts, args.max_tokens)
+        save()
+
+    # Same greedy tokens alone and batched? (Stream 0 has the same prompt in every run.)
+    checks = {}
+    for name in ("thread", "thread_eager_attention", "process", "generate"):
+        runs = results.get(name) or []
+        if len(runs) > 1:
+            alone = runs[0]["first_tokens"]
+            checks[name] = {f"{r['streams']}": f"{_same_prefix(alone, r['first_tokens'])}/{len(alone)}" for r in runs[1:]}
+    if results.get("thread") and results.get("thread_eager_attention"):
+        checks["gqa_vs_eager_1"] = (
+            f"{_same_prefix(results['thread_eager_attention'][0]['first_tokens'], results['thread'][0]['first_tokens'])}"
+            f"/{len(results['thread'][0]['first_tokens'])}"
+        )
+    if results.get("thread") and results.get("generate"):
+        checks["thread_vs_generate_1"] = (
+            f"{_same_prefix(results['generate'][0]['first_tokens'], results['thread'][0]['first_tokens'])}"
+            f"/{len(results['thread'][0]['first_tokens'])}"
+        )
+    results["same_tokens_as_alone"] = checks
+    save()
+
+    print(f"\n{results['device']} · torch {results['torch']} · transformers {results['transformers']} · "
+          f"{args.shape} random bf16 · prompt {args.prompt_len} · {args.max_tokens} tokens/stream")
+    print(f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} {'lag p99 ms':>10}")
+    for name in ("generate", "thread", "thread_eager_attention", "process"):
+        for r in results.get(name) or []:
+            print(f"{name:28} {r['streams']:>7} {r['tok_s']:>8} {r.get('ttft_p50', ''):>9} {r.get('ttft_p95', ''):>7} "
+                  f"{r.get('lat_p50', ''):>8} {r.get('steps_per_s', ''):>8} {r.get('loop_lag_p99_ms', ''):>10}")
+    print("greedy tokens same as alone (prefix/total):", json.dumps(checks))
+    print("sampling check:", json.dumps(results.get("sampling_check")))
+
+
+if __name__ == "__main__":
+    main()
