@@ -84,6 +84,10 @@ def prepare_model(model: Any, settings: Settings, device: str) -> None:
         from cpu_kernels import use_dense_experts
 
         use_dense_experts(model)
+    if device == "cuda":
+        from gpu_kernels import use_step_sized_experts
+
+        use_step_sized_experts(model, settings.gpu_batched_experts_tokens)
 
 
 def engine_config(settings: Settings, device: str) -> EngineConfig:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     cpu_dense_experts: bool = Field(
         True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
     )
+    gpu_batched_experts_tokens: int = Field(
+        4, ge=0, description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger ones grouped_mm "
+        "(0 = always grouped_mm)."
+    )
 
     # --- generation defaults ---------------------------------------------------------------------
     default_max_tokens: int = Field(
@@ -98,7 +102,8 @@ class Settings(BaseSettings):
 # This project's modules; BentoML configures the root handlers, we set our loggers' level.
 PROJECT_LOGGERS = (
     "gptoss", "auth", "engine", "engine_process", "loader", "serving", "openai_compat", "harmony_mapping",
-    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "attention", "access_log", "gptoss.access",
+    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "gpu_kernels", "attention", "access_log",
+    "gptoss.access",
 )
 
 

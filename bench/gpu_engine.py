@@ -101,13 +101,13 @@ async def _loop_lag(stop: asyncio.Event, out: list[float]) -> None:
         out.append(time.perf_counter() - t - 0.01)
 
 
-async def drive(engine: Any, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+async def drive(engine: Any, prompts: list[list[int]], max_tokens: int, probe: bool = True) -> dict[str, Any]:
     """Submit every prompt at once; stream all of them to the end (greedy, fixed length)."""
     from engine_types import GenerationRequest, SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     stop, lags = asyncio.Event(), []
-    lag_task = asyncio.create_task(_loop_lag(stop, lags))
+    lag_task = asyncio.create_task(_loop_lag(stop, lags) if probe else stop.wait())
     steps0 = engine.stats().steps
     t0 = time.perf_counter()
 
@@ -174,7 +174,8 @@ async def sampling_check(engine: Any, prompt: list[int]) -> dict[str, Any]:
 
 
 def run_engine(
-    engine: Any, levels: list[int], prompts: list[list[int]], max_tokens: int, check_sampling: bool = False
+    engine: Any, levels: list[int], prompts: list[list[int]], max_tokens: int, check_sampling: bool = False,
+    probe: bool = True,
 ) -> list[dict[str, Any]]:
     """Warm up, then one measured run per stream count; the engine is shut down at the end."""
 
@@ -182,7 +183,7 @@ def run_engine(
         await drive(engine, prompts[:2], 8)  # kernels, cuBLAS handles and allocator warm-up
         out = []
         for n in levels:
-            r = await drive(engine, prompts[:n], max_tokens)
+            r = await drive(engine, prompts[:n], max_tokens, probe)
             logger.info("  %3d streams: %s", n, {k: v for k, v in r.items() if k != "first_tokens"})
             out.append(r)
         if check_sampling:
@@ -196,7 +197,21 @@ def run_engine(
 
 
 def bench_generate(model: Any, levels: list[int], prompts: list[list[int]], max_tokens: int) -> list[dict[str, Any]]:
-    """Raw ``model.generate``, greedy, a static batch of equal-length prompts (no server, no padding)."""
+    """Raw ``model.generate``, greedy, a static batch of equal-length prompts (no server, no padding).
+
+    Stock transformers: experts on ``grouped_mm``, which ``generate`` itself switches to
+    ``batched_mm`` for decoding on GPU (gpu_kernels.py's step-sized choice is set aside here).
+    """
+    chosen = model.config._experts_implementation
+    if chosen != "eager":
+        model.set_experts_implementation("grouped_mm")
+    try:
+        return _generate_runs(model, levels, prompts, max_tokens)
+    finally:
+        model.set_experts_implementation(chosen)
+
+
+def _generate_runs(model: Any, levels: list[int], prompts: list[list[int]], max_tokens: int) -> list[dict[str, Any]]:
     import torch
 
     device = next(model.parameters()).device
@@ -221,6 +236,72 @@ def bench_generate(model: Any, levels: list[int], prompts: list[list[int]], max_
     return out
 
 
+def bench_runner(
+    model: Any, levels: list[int], prompts: list[list[int]], steps: int, experts: str | None = None
+) -> list[dict[str, Any]]:
+    """Decode steps straight through ModelRunner (no engine, no threads, no event loop).
+
+    Separates what a step costs the model call from what the engine and its threads add.
+    """
+    from model_runner import ModelRunner, greedy_argmax
+
+    out = []
+    for n in levels:
+        runner = ModelRunner(model)
+        toks = greedy_argmax(runner.prefill(prompts[:n])).tolist()
+        chosen = model.config._experts_implementation
+        if experts:  # decode steps only: batched_mm on a whole prompt would copy GBs of weights
+            model.set_experts_implementation(experts)
+        for _ in range(4):
+            toks = greedy_argmax(runner.decode(toks)).tolist()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            toks = greedy_argmax(runner.decode(toks)).tolist()
+        ms = 1000 * (time.perf_counter() - t0) / steps
+        model.set_experts_implementation(chosen)
+        out.append({"streams": n, "step_ms": round(ms, 2), "tok_s": round(1000 * n / ms, 1)})
+        logger.info("  runner %3d rows: %.2f ms/step", n, ms)
+    return out
+
+
+def profile_tables(model: Any, prompt: list[int], out_dir: Path) -> None:
+    """CPU-side op tables for 5 decode steps at one row: ModelRunner vs ``model.generate``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from model_runner import ModelRunner, greedy_argmax
+
+    runner = ModelRunner(model)
+    toks = greedy_argmax(runner.prefill([prompt])).tolist()
+    for _ in range(3):
+        toks = greedy_argmax(runner.decode(toks)).tolist()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            toks = greedy_argmax(runner.decode(toks)).tolist()
+    tables = {"runner": prof}
+    ids = torch.tensor([prompt], device=next(model.parameters()).device)
+    kw = dict(do_sample=False, pad_token_id=SPECIALS["pad_token_id"], eos_token_id=None)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.generate(ids, max_new_tokens=6, min_new_tokens=6, **kw)
+    tables["generate"] = prof
+    for name, prof in tables.items():
+        text = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
+        (out_dir / f"profile_{name}_{model.config._attn_implementation}.txt").write_text(text)
+
+
+def thread_engine(model: Any, settings: Any, device: str) -> Any:
+    """The default engine front end over an already built model, started and ready."""
+    from engine import Engine
+    from loader import engine_config
+
+    engine = Engine(functools.partial(lambda m: m, model), engine_config(settings, device))
+    engine.start()
+    engine.wait_ready()
+    return engine
+
+
 def _same_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -237,7 +318,11 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--phases", default="generate,thread,eager,process",
-                    help="which of generate, thread, eager (GQA attention off), process to run")
+                    help="which of generate, runner, profile, experts, thread, quiet, eager (GQA attention off), "
+                    "process to run; runner/profile/experts/quiet break a step's cost down (no engine / op tables / "
+                    "grouped_mm vs batched_mm by rows / no lag probe)")
+    ap.add_argument("--runner-steps", type=int, default=64)
+    ap.add_argument("--sweep", default="1,2,4,8,16,32", help="rows per decode step for the experts phase")
     ap.add_argument("--out", type=Path, default=None, help="JSON results file, rewritten after each phase")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -245,12 +330,12 @@ def main() -> None:
     import torch
 
     import settings as settings_mod
-    from engine import Engine
     from loader import engine_config, pick_device
 
     levels = [int(x) for x in args.streams.split(",")]
     phases = args.phases.split(",")
-    prompts = make_prompts(max(levels), args.prompt_len)
+    sweep = [int(x) for x in args.sweep.split(",")]
+    prompts = make_prompts(max(levels + sweep), args.prompt_len)
     settings = settings_mod.get_settings()
     device = pick_device(settings)
     results: dict[str, Any] = {
@@ -276,21 +361,39 @@ def main() -> None:
         logger.info("Raw model.generate")
         results["generate"] = bench_generate(model, levels, prompts, args.max_tokens)
         save()
+    if "runner" in phases:
+        logger.info("ModelRunner decode steps, attention=%s", model.config._attn_implementation)
+        results["runner"] = bench_runner(model, levels, prompts, args.runner_steps)
+        save()
+    if "profile" in phases and args.out:
+        profile_tables(model, prompts[0], args.out.parent)
+    if "experts" in phases:
+        results["experts_sweep"] = {}
+        for impl in ("grouped_mm", "batched_mm"):
+            logger.info("ModelRunner decode steps, experts=%s", impl)
+            results["experts_sweep"][impl] = bench_runner(model, sweep, prompts, args.runner_steps, impl)
+            save()
+    if "quiet" in phases:
+        logger.info("Thread engine without the event-loop lag probe")
+        engine = thread_engine(model, settings, device)
+        results["thread_quiet"] = run_engine(engine, levels, prompts, args.max_tokens, probe=False)
+        save()
     if "thread" in phases:
         logger.info("Thread engine (default), attention=%s", model.config._attn_implementation)
-        engine = Engine(lambda: model, engine_config(settings, device))
-        engine.start()
-        engine.wait_ready()
+        engine = thread_engine(model, settings, device)
         results["thread"] = run_engine(engine, levels, prompts, args.max_tokens, check_sampling=True)
         results["sampling_check"] = results["thread"].pop()["sampling_check"]
         results["kv_budget_tokens"] = engine.config.kv_cache_tokens
         save()
     if "eager" in phases and model.config._attn_implementation != "eager":
         model.set_attn_implementation("eager")
+        if "runner" in phases:
+            logger.info("ModelRunner decode steps, attention=eager")
+            results["runner_eager_attention"] = bench_runner(model, levels, prompts, args.runner_steps)
+        if "profile" in phases and args.out:
+            profile_tables(model, prompts[0], args.out.parent)
         logger.info("Thread engine, transformers' eager attention (GPTOSS_GQA_ATTENTION=false)")
-        engine = Engine(lambda: model, engine_config(settings, device))
-        engine.start()
-        engine.wait_ready()
+        engine = thread_engine(model, settings, device)
         results["thread_eager_attention"] = run_engine(engine, levels, prompts, args.max_tokens)
         save()
     del model
@@ -334,12 +437,17 @@ def main() -> None:
     print(f"\n{results['device']} · torch {results['torch']} · transformers {results['transformers']} · "
           f"{args.shape} random bf16 · prompt {args.prompt_len} · {args.max_tokens} tokens/stream")
     print(f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} {'lag p99 ms':>10}")
-    for name in ("generate", "thread", "thread_eager_attention", "process"):
+    for name in ("generate", "thread", "thread_quiet", "thread_eager_attention", "process"):
         for r in results.get(name) or []:
             print(f"{name:28} {r['streams']:>7} {r['tok_s']:>8} {r.get('ttft_p50', ''):>9} {r.get('ttft_p95', ''):>7} "
                   f"{r.get('lat_p50', ''):>8} {r.get('steps_per_s', ''):>8} {r.get('loop_lag_p99_ms', ''):>10}")
     print("greedy tokens same as alone (prefix/total):", json.dumps(checks))
     print("sampling check:", json.dumps(results.get("sampling_check")))
+    runner_rows = {name: results.get(name) for name in ("runner", "runner_eager_attention")}
+    runner_rows.update({f"experts={k}": v for k, v in (results.get("experts_sweep") or {}).items()})
+    for name, rows in runner_rows.items():
+        if rows:
+            print(f"{name}: " + ", ".join(f"{r['streams']} rows {r['step_ms']} ms" for r in rows))
 
 
 if __name__ == "__main__":

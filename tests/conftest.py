@@ -176,3 +176,22 @@ def tiny_pair(flag: str, **common):
 
     path = resolve_model_path(Settings(model="tiny"))
     return tuple(load_model(Settings(model="tiny", **common, **{flag: on}), path) for on in (False, True))
+
+
+def random_experts(experts: int, top_k: int, hidden: int, device: str = "cpu"):
+    """A gpt-oss experts layer with seeded random bf16 weights (no weights on ``meta``)."""
+    import torch
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+
+    config = GptOssConfig(
+        hidden_size=hidden, intermediate_size=hidden, num_local_experts=experts, num_experts_per_tok=top_k
+    )
+    config._experts_implementation = "grouped_mm"
+    with torch.device(device):
+        module = GptOssExperts(config).to(torch.bfloat16)
+    if device == "cpu":
+        gen = torch.Generator().manual_seed(1)
+        for p in module.parameters():
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return module

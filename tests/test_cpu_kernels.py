@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GptOssConfig
 from transformers.integrations.moe import grouped_mm_experts_forward
-from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
 
 from cpu_kernels import (
     DENSE_EXPERTS,
@@ -17,7 +15,7 @@ from cpu_kernels import (
     random_routing,
     use_dense_experts,
 )
-from tests.conftest import tiny_pair
+from tests.conftest import random_experts, tiny_pair
 
 
 def test_prepacked_linear_is_bit_identical():
@@ -42,24 +40,10 @@ def test_model_with_prepacked_head_generates_the_same():
     assert torch.equal(a, b)
 
 
-def _experts(experts: int, top_k: int, hidden: int, device: str = "cpu") -> GptOssExperts:
-    config = GptOssConfig(
-        hidden_size=hidden, intermediate_size=hidden, num_local_experts=experts, num_experts_per_tok=top_k
-    )
-    config._experts_implementation = "grouped_mm"
-    with torch.device(device):
-        module = GptOssExperts(config).to(torch.bfloat16)
-    if device == "cpu":
-        gen = torch.Generator().manual_seed(1)
-        for p in module.parameters():
-            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return module
-
-
 @pytest.mark.parametrize("tokens", [4, 16, 64])
 def test_dense_experts_match_grouped_mm_bit_for_bit(tokens):
     experts, top_k = 8, 2
-    module = _experts(experts, top_k, hidden=256)
+    module = random_experts(experts, top_k, hidden=256)
     assert _dense_fits(module, tokens, top_k)
     x, idx, w = random_routing(module, tokens, top_k, torch.Generator().manual_seed(tokens))
     with torch.inference_mode():
@@ -69,11 +53,11 @@ def test_dense_experts_match_grouped_mm_bit_for_bit(tokens):
 
 
 def test_dense_experts_only_when_cheap():
-    small = _experts(8, 2, hidden=256)
+    small = random_experts(8, 2, hidden=256)
     assert not _dense_fits(small, 1, 2)  # one token hits 2 of 8 experts: grouped reads less
     assert _dense_fits(small, 64, 2)
     assert not _dense_fits(small, 512, 2)  # a long prefill: too many multiply-adds
-    real = _experts(32, 4, hidden=2880, device="meta")  # gpt-oss-20b's MoE shape, no memory
+    real = random_experts(32, 4, hidden=2880, device="meta")  # gpt-oss-20b's MoE shape, no memory
     assert not any(_dense_fits(real, t, 4) for t in (1, 8, 16, 64))
 
 
