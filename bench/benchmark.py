@@ -118,12 +118,29 @@ class Server:
         self.log.close()
 
 
+async def _sse_lines(response: httpx.Response):
+    """Lines split on CR/LF only, as SSE defines them: sampled text may carry raw U+2028 or
+    U+0085, which ``aiter_lines`` (str.splitlines) would also split on, cutting a JSON payload."""
+    buf = ""
+    async for text in response.aiter_text():
+        buf += text
+        *lines, buf = buf.replace("\r\n", "\n").split("\n")
+        for line in lines:
+            yield line
+    if buf:
+        yield buf
+
+
+# Sampling settings of every request (greedy unless --temperature / --top-p say otherwise).
+SAMPLING: dict[str, float] = {"temperature": 0.0}
+
+
 async def _one(client: httpx.AsyncClient, srv: Server, max_tokens: int) -> tuple[float, float, int]:
     body = {
         "model": srv.model,
         "prompt": PROMPT,
         "max_tokens": max_tokens,
-        "temperature": 0,
+        **SAMPLING,
         "stream": True,
         **srv.extra,
     }
@@ -133,7 +150,7 @@ async def _one(client: httpx.AsyncClient, srv: Server, max_tokens: int) -> tuple
     usage = None
     async with client.stream("POST", srv.base + "/v1/completions", json=body, headers=srv.headers) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
+        async for line in _sse_lines(r):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = json.loads(line[6:])
@@ -201,7 +218,8 @@ def bench_generate(model_dir: Path, levels: list[int], max_tokens: int) -> list[
     out = []
     for c in levels:
         x = ids.repeat(c, 1)
-        kw = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, attention_mask=torch.ones_like(x))
+        sampled = {"do_sample": True, "top_k": 0, **SAMPLING} if SAMPLING["temperature"] else {"do_sample": False}
+        kw = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, attention_mask=torch.ones_like(x), **sampled)
         model.generate(x, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
         t0 = time.perf_counter()
         model.generate(x, **kw)
@@ -323,11 +341,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     ap.add_argument("--model-dir", type=Path, default=None, help="default: the 'bench' shape tiny model")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument(
         "--interleave", type=int, default=0, metavar="N",
         help="start the servers together and measure them in turn N times; report medians and per-round ratios",
     )
     args = ap.parse_args()
+    SAMPLING["temperature"] = args.temperature
+    if args.top_p < 1.0:
+        SAMPLING["top_p"] = args.top_p
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (REPO / "bench-results").mkdir(exist_ok=True)
@@ -358,7 +381,9 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     header = (
         f"Machine: {len(os.sched_getaffinity(0))} cores ({cpu}), model {model_dir.name} (bf16, random weights), "
-        f"{args.max_tokens} new tokens, greedy, streaming /v1/completions, {args.rounds} requests per client"
+        f"{args.max_tokens} new tokens, "
+        + ("greedy" if not args.temperature else ", ".join(f"{k} {v}" for k, v in SAMPLING.items()))
+        + f", streaming /v1/completions, {args.rounds} requests per client"
         + (f"; servers measured in turn {args.interleave} times, medians" if args.interleave else "")
         + ".\n"
     )
