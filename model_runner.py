@@ -219,13 +219,17 @@ class ChunkedPrefill:
 
 @dataclass
 class SamplerState:
-    """Per-sequence sampling state that outlives a step (RNG, penalty counts)."""
+    """Per-sequence sampling state that outlives a step (RNG, penalty counts).
+
+    Penalties touch only tokens already in the sequence, so they are kept sparse: a step costs
+    O(tokens seen), not O(vocabulary).
+    """
 
     params: SamplingParams
     prompt_ids: Sequence[int]
     generator: torch.Generator | None = None
-    counts: torch.Tensor | None = None  # [V] float, generated-token counts (penalties)
-    seen: torch.Tensor | None = None  # [V] bool, prompt + generated tokens (repetition penalty)
+    counts: dict[int, int] | None = None  # generated-token counts (frequency / presence penalties)
+    seen: set[int] | None = None  # prompt + generated token ids (repetition penalty)
     bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None)
 
     @classmethod
@@ -242,11 +246,9 @@ class SamplerState:
                 gen.seed()
             state.generator = gen
         if params.presence_penalty or params.frequency_penalty:
-            state.counts = torch.zeros(vocab, device=device)
+            state.counts = {}
         if params.repetition_penalty != 1.0:
-            state.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
-            prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=device).clamp(0, vocab - 1)
-            state.seen[prompt] = True
+            state.seen = {min(max(int(t), 0), vocab - 1) for t in prompt_ids}
         if params.logit_bias:
             ids = torch.tensor([int(k) for k in params.logit_bias], dtype=torch.long, device=device)
             vals = torch.tensor([float(v) for v in params.logit_bias.values()], device=device)
@@ -256,9 +258,9 @@ class SamplerState:
 
     def observe(self, token: int) -> None:
         if self.counts is not None:
-            self.counts[token] += 1
+            self.counts[token] = self.counts.get(token, 0) + 1
         if self.seen is not None:
-            self.seen[token] = True
+            self.seen.add(token)
 
 
 @dataclass
@@ -268,18 +270,19 @@ class Sampled:
     top: tuple[tuple[int, float], ...] | None = None
 
 
-def _processed_row(logits: torch.Tensor, st: SamplerState) -> torch.Tensor:
-    """Apply logit bias and penalties (OpenAI / HF definitions) to one row of logits."""
+def _processed_row(row: torch.Tensor, st: SamplerState) -> torch.Tensor:
+    """Apply logit bias and penalties (OpenAI / HF definitions) to one float row, in place."""
     p = st.params
-    row = logits
     if st.bias is not None:
-        row = row.clone()
         row.index_add_(0, st.bias[0], st.bias[1])
-    if st.seen is not None:
-        penalized = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
-        row = torch.where(st.seen, penalized, row)
-    if st.counts is not None:
-        row = row - st.counts * p.frequency_penalty - (st.counts > 0).float() * p.presence_penalty
+    if st.seen:
+        ids = torch.tensor(sorted(st.seen), dtype=torch.long, device=row.device)
+        vals = row[ids]
+        row[ids] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if st.counts:
+        ids = torch.tensor(list(st.counts), dtype=torch.long, device=row.device)
+        counts = torch.tensor(list(st.counts.values()), dtype=row.dtype, device=row.device)
+        row[ids] = row[ids] - counts * p.frequency_penalty - p.presence_penalty
     return row
 
 
@@ -412,7 +415,7 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
             x = logits[rest].float()
             for j, i in enumerate(rest):
                 if not _is_plain(states[i]):
-                    x[j] = _processed_row(x[j], states[i])
+                    _processed_row(x[j], states[i])
         hot = [j for j, i in enumerate(rest) if states[i].params.temperature > 0]
         cold = [j for j, i in enumerate(rest) if states[i].params.temperature == 0]
         if cold:  # greedy with bias or penalties

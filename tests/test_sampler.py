@@ -127,3 +127,30 @@ def test_flat_rows_keep_their_nucleus():
     state = _states([SamplingParams(max_tokens=1, temperature=1.0, top_p=0.5, seed=9)])
     for _ in range(50):
         assert float(probs[sample(logits, state)[0].token]) >= floor
+
+
+def test_sparse_penalties_equal_the_dense_definition():
+    """Penalties kept per seen token give the same bits as the whole-vocabulary formulas."""
+    from model_runner import _processed_row
+
+    gen = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, VOCAB, (300,), generator=gen).tolist()
+    generated = torch.randint(0, 50, (40,), generator=gen).tolist()  # repeats: counts above 1
+    p = SamplingParams(
+        max_tokens=1, temperature=1.0, frequency_penalty=0.7, presence_penalty=0.4, repetition_penalty=1.3,
+        logit_bias={11: 2.5, 99: -4.0},
+    )
+    state = _states([p], prompt)[0]
+    for t in generated:
+        state.observe(t)
+    row = torch.randn(VOCAB, generator=gen)
+    counts = torch.zeros(VOCAB)
+    for t in generated:
+        counts[t] += 1
+    seen = torch.zeros(VOCAB, dtype=torch.bool)
+    seen[prompt + generated] = True
+    ref = row.clone()
+    ref[[11, 99]] += torch.tensor([2.5, -4.0])
+    ref = torch.where(seen, torch.where(ref > 0, ref / 1.3, ref * 1.3), ref)
+    ref = ref - counts * 0.7 - (counts > 0).float() * 0.4
+    assert torch.equal(_processed_row(row.clone(), state), ref)
