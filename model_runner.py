@@ -311,8 +311,9 @@ def _sample_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
     params = [st.params for st in states]
     u = [float(torch.rand(1, generator=st.generator)) for st in states]
     out = [0] * n
-    for start in range(0, n, SAMPLE_CHUNK_ROWS):
-        chunk = range(start, min(n, start + SAMPLE_CHUNK_ROWS))
+    step = SAMPLE_CHUNK_ROWS if x.device.type == "cpu" else n  # a GPU has no such cache to fit; fewer launches
+    for start in range(0, n, step):
+        chunk = range(start, min(n, start + step))
         # Unnormalized probabilities exp((x - max) / T): the most likely token gets exactly 1.
         e = x[chunk.start : chunk.stop].to(torch.float32, copy=True)
         e.sub_(e.amax(-1, keepdim=True))
