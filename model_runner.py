@@ -236,7 +236,7 @@ class SamplerState:
     def create(
         cls, params: SamplingParams, prompt_ids: Sequence[int], vocab: int, device: torch.device | str = "cpu"
     ) -> "SamplerState":
-        """Penalty/bias tensors live on the logits' device; the RNG stays on the CPU (one draw per token)."""
+        """The bias tensors live on the logits' device; the RNG stays on the CPU (one draw per token)."""
         state = cls(params, prompt_ids)
         if params.temperature > 0:
             gen = torch.Generator()
@@ -320,7 +320,8 @@ def _sample_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
         if any(params[i].temperature != 1.0 for i in chunk):
             e.mul_(torch.tensor([[1.0 / params[i].temperature] for i in chunk], device=e.device))
         e.exp_()
-        plain = [i for i in chunk if not (params[i].top_k and params[i].top_k < vocab) and params[i].top_p >= 1.0]
+        ranked = {i for i in chunk if (params[i].top_k and params[i].top_k < vocab) or params[i].top_p < 1.0}
+        plain = [i for i in chunk if i not in ranked]
         if plain:
             rows = e[[i - start for i in plain]] if len(plain) < len(chunk) else e
             for j, i in enumerate(plain):
@@ -330,9 +331,8 @@ def _sample_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
             target = torch.tensor([[u[i]] for i in plain], dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
             for i, tok in zip(plain, torch.searchsorted(cdf, target).clamp(max=vocab - 1)[:, 0].tolist()):
                 out[i] = tok
-        for i in chunk:
-            if i not in plain:
-                out[i] = _pick_ranked(e[i - start], params[i], u[i])
+        for i in sorted(ranked):
+            out[i] = _pick_ranked(e[i - start], params[i], u[i])
     return out
 
 

@@ -47,8 +47,10 @@ class Settings(BaseSettings):
         True, description="CPU: glibc malloc keeps freed memory for the next step instead of page-faulting it back in."
     )
     gpu_batched_experts_tokens: int = Field(
-        4, ge=0, description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger ones grouped_mm "
-        "(0 = always grouped_mm)."
+        4,
+        ge=0,
+        description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger steps grouped_mm "
+        "(0 = always grouped_mm).",
     )
 
     # --- generation defaults ---------------------------------------------------------------------
