@@ -149,7 +149,8 @@ def _dense_agrees(experts: torch.nn.Module, top_k: int) -> bool:
             if not _dense_fits(experts, tokens, top_k):
                 continue
             x, idx, w = random_routing(experts, tokens, top_k, gen)
-            if not torch.equal(dense_experts_forward(experts, x, idx, w), grouped_mm_experts_forward(experts, x, idx, w)):
+            dense = dense_experts_forward(experts, x, idx, w)
+            if not torch.equal(dense, grouped_mm_experts_forward(experts, x, idx, w)):
                 return False
     return True
 

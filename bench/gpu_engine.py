@@ -302,13 +302,14 @@ def thread_engine(model: Any, settings: Any, device: str) -> Any:
     return engine
 
 
-def _same_prefix(a: list[int], b: list[int]) -> int:
+def _agreement(a: list[int], b: list[int]) -> str:
+    """How many leading tokens two greedy runs share, as 'same/total'."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
             break
         n += 1
-    return n
+    return f"{n}/{len(b)}"
 
 
 def main() -> None:
@@ -420,23 +421,19 @@ def main() -> None:
         runs = results.get(name) or []
         if len(runs) > 1:
             alone = runs[0]["first_tokens"]
-            checks[name] = {f"{r['streams']}": f"{_same_prefix(alone, r['first_tokens'])}/{len(alone)}" for r in runs[1:]}
-    if results.get("thread") and results.get("thread_eager_attention"):
-        checks["gqa_vs_eager_1"] = (
-            f"{_same_prefix(results['thread_eager_attention'][0]['first_tokens'], results['thread'][0]['first_tokens'])}"
-            f"/{len(results['thread'][0]['first_tokens'])}"
-        )
-    if results.get("thread") and results.get("generate"):
-        checks["thread_vs_generate_1"] = (
-            f"{_same_prefix(results['generate'][0]['first_tokens'], results['thread'][0]['first_tokens'])}"
-            f"/{len(results['thread'][0]['first_tokens'])}"
-        )
+            checks[name] = {f"{r['streams']}": _agreement(alone, r["first_tokens"]) for r in runs[1:]}
+    for label, other in (("gqa_vs_eager_1", "thread_eager_attention"), ("thread_vs_generate_1", "generate")):
+        if results.get("thread") and results.get(other):
+            checks[label] = _agreement(results[other][0]["first_tokens"], results["thread"][0]["first_tokens"])
     results["same_tokens_as_alone"] = checks
     save()
 
     print(f"\n{results['device']} · torch {results['torch']} · transformers {results['transformers']} · "
           f"{args.shape} random bf16 · prompt {args.prompt_len} · {args.max_tokens} tokens/stream")
-    print(f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} {'lag p99 ms':>10}")
+    print(
+        f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} "
+        f"{'lag p99 ms':>10}"
+    )
     for name in ("generate", "thread", "thread_quiet", "thread_eager_attention", "process"):
         for r in results.get(name) or []:
             print(f"{name:28} {r['streams']:>7} {r['tok_s']:>8} {r.get('ttft_p50', ''):>9} {r.get('ttft_p95', ''):>7} "

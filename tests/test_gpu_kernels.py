@@ -27,7 +27,8 @@ from tests.conftest import random_experts
 def test_step_size_picks_the_kernel(tokens, monkeypatch):
     calls: list[str] = []
     for name, fn in (("batched_mm", batched_mm_experts_forward), ("grouped_mm", grouped_mm_experts_forward)):
-        monkeypatch.setattr(gpu_kernels, f"{name}_experts_forward", lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a))
+        spy = lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a)  # noqa: E731
+        monkeypatch.setattr(gpu_kernels, f"{name}_experts_forward", spy)
     module = random_experts(8, 2, hidden=64)
     module.batched_max_tokens = 4
     x, idx, w = random_routing(module, tokens, 2, torch.Generator().manual_seed(tokens))
