@@ -101,11 +101,13 @@ async def _loop_lag(stop: asyncio.Event, out: list[float]) -> None:
         out.append(time.perf_counter() - t - 0.01)
 
 
-async def drive(engine: Any, prompts: list[list[int]], max_tokens: int, probe: bool = True) -> dict[str, Any]:
-    """Submit every prompt at once; stream all of them to the end (greedy, fixed length)."""
+async def drive(
+    engine: Any, prompts: list[list[int]], max_tokens: int, probe: bool = True, temperature: float = 0.0
+) -> dict[str, Any]:
+    """Submit every prompt at once; stream all of them to the end (fixed length; greedy by default)."""
     from engine_types import GenerationRequest, SamplingParams
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0 if temperature else None)
     stop, lags = asyncio.Event(), []
     lag_task = asyncio.create_task(_loop_lag(stop, lags) if probe else stop.wait())
     steps0 = engine.stats().steps
@@ -175,7 +177,7 @@ async def sampling_check(engine: Any, prompt: list[int]) -> dict[str, Any]:
 
 def run_engine(
     engine: Any, levels: list[int], prompts: list[list[int]], max_tokens: int, check_sampling: bool = False,
-    probe: bool = True,
+    probe: bool = True, temperature: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Warm up, then one measured run per stream count; the engine is shut down at the end."""
 
@@ -183,7 +185,7 @@ def run_engine(
         await drive(engine, prompts[:2], 8)  # kernels, cuBLAS handles and allocator warm-up
         out = []
         for n in levels:
-            r = await drive(engine, prompts[:n], max_tokens, probe)
+            r = await drive(engine, prompts[:n], max_tokens, probe, temperature)
             logger.info("  %3d streams: %s", n, {k: v for k, v in r.items() if k != "first_tokens"})
             out.append(r)
         if check_sampling:
@@ -319,7 +321,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--phases", default="generate,thread,eager,process",
-                    help="which of generate, runner, profile, experts, thread, quiet, eager (GQA attention off), "
+                    help="which of generate, runner, profile, experts, thread, sampled (T=1), quiet, eager (GQA off), "
                     "process to run; runner/profile/experts/quiet break a step's cost down (no engine / op tables / "
                     "grouped_mm vs batched_mm by rows / no lag probe)")
     ap.add_argument("--runner-steps", type=int, default=64)
@@ -374,6 +376,11 @@ def main() -> None:
             logger.info("ModelRunner decode steps, experts=%s", impl)
             results["experts_sweep"][impl] = bench_runner(model, sweep, prompts, args.runner_steps, impl)
             save()
+    if "sampled" in phases:
+        logger.info("Thread engine, every request sampled at temperature 1 (what clients get by default)")
+        engine = thread_engine(model, settings, device)
+        results["thread_sampled"] = run_engine(engine, levels, prompts, args.max_tokens, temperature=1.0)
+        save()
     if "quiet" in phases:
         logger.info("Thread engine without the event-loop lag probe")
         engine = thread_engine(model, settings, device)
@@ -417,7 +424,7 @@ def main() -> None:
 
     # Same greedy tokens alone and batched? (Stream 0 has the same prompt in every run.)
     checks = {}
-    for name in ("thread", "thread_eager_attention", "process", "generate"):
+    for name in ("thread", "thread_sampled", "thread_eager_attention", "process", "generate"):
         runs = results.get(name) or []
         if len(runs) > 1:
             alone = runs[0]["first_tokens"]
@@ -434,7 +441,7 @@ def main() -> None:
         f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} "
         f"{'lag p99 ms':>10}"
     )
-    for name in ("generate", "thread", "thread_quiet", "thread_eager_attention", "process"):
+    for name in ("generate", "thread", "thread_sampled", "thread_quiet", "thread_eager_attention", "process"):
         for r in results.get(name) or []:
             print(f"{name:28} {r['streams']:>7} {r['tok_s']:>8} {r.get('ttft_p50', ''):>9} {r.get('ttft_p95', ''):>7} "
                   f"{r.get('lat_p50', ''):>8} {r.get('steps_per_s', ''):>8} {r.get('loop_lag_p99_ms', ''):>10}")
