@@ -126,7 +126,8 @@ def dense_experts_forward(
 ExpertsInterface.register(DENSE_EXPERTS, dense_experts_forward)
 
 
-def _moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The experts modules that go through transformers' experts interface (it gives them ``_apply_gate``)."""
     return [m for m in model.modules() if hasattr(m, "gate_up_proj") and hasattr(m, "_apply_gate")]
 
 
@@ -158,7 +159,7 @@ def _dense_agrees(experts: torch.nn.Module, top_k: int) -> bool:
 def use_dense_experts(model: torch.nn.Module) -> bool:
     """Switch a CPU model's experts from grouped_mm to the dense-when-small path, if exact here."""
     config = model.config
-    layers = _moe_layers(model)
+    layers = moe_layers(model)
     if not layers or getattr(config, "_experts_implementation", None) != "grouped_mm":
         return False
     if layers[0].gate_up_proj.device.type != "cpu":

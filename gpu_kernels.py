@@ -26,6 +26,8 @@ from transformers.integrations.moe import (
     grouped_mm_experts_forward,
 )
 
+from cpu_kernels import moe_layers
+
 logger = logging.getLogger(__name__)
 
 STEP_SIZED_EXPERTS = "gptoss_step_sized"
@@ -43,13 +45,9 @@ def step_sized_experts_forward(
 ExpertsInterface.register(STEP_SIZED_EXPERTS, step_sized_experts_forward)
 
 
-def _moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "gate_up_proj") and hasattr(m, "_apply_gate")]
-
-
 def use_step_sized_experts(model: torch.nn.Module, max_tokens: int) -> bool:
     """Switch a non-CPU model's grouped_mm experts to the step-sized choice; return whether it did."""
-    layers = _moe_layers(model)
+    layers = moe_layers(model)
     if max_tokens <= 0 or not layers or getattr(model.config, "_experts_implementation", None) != "grouped_mm":
         return False
     if layers[0].gate_up_proj.device.type == "cpu":

@@ -35,19 +35,25 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchmark import _pct  # the served benchmark's percentile
 
 logger = logging.getLogger("bench.gpu")
 
-# gpt-oss-20b's config.json; everything else is GptOssConfig's default, which is gpt-oss's.
-SHAPES: dict[str, dict[str, Any]] = {
-    "20b": dict(num_hidden_layers=24, num_local_experts=32),
-    # The CPU benchmark's model shape (tiny_model.SHAPES["bench"]), for a dry run off the GPU.
-    "bench": dict(
-        hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
-    ),
-}
+# gpt-oss-20b's config.json: what differs from GptOssConfig's defaults (the 120b's), and its
+# special token ids. "bench" is the CPU benchmark's shape, for a dry run off the GPU.
+SHAPE_20B = dict(num_hidden_layers=24, num_local_experts=32)
 SPECIALS = dict(pad_token_id=199999, eos_token_id=200002, bos_token_id=199998)
+
+
+def shape_config(shape: str) -> dict[str, Any]:
+    if shape == "20b":
+        return SHAPE_20B
+    # tiny_model needs openai-harmony, which the GPU host lacks: imported only off it.
+    from tiny_model import SHAPES
+
+    return SHAPES[shape]
 
 
 def build_random_model(shape: str, seed: int = 0) -> Any:
@@ -63,7 +69,7 @@ def build_random_model(shape: str, seed: int = 0) -> Any:
 
     settings = get_settings()
     device = pick_device(settings)
-    config = GptOssConfig(**SHAPES[shape], **SPECIALS)
+    config = GptOssConfig(**shape_config(shape), **SPECIALS)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     with torch.device(device):
@@ -78,13 +84,6 @@ def build_random_model(shape: str, seed: int = 0) -> Any:
         model.config._attn_implementation, getattr(model.config, "_experts_implementation", None),
     )
     return model
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def make_prompts(n: int, length: int, seed: int = 7) -> list[list[int]]:
@@ -316,7 +315,7 @@ def _agreement(a: list[int], b: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="20b")
+    ap.add_argument("--shape", choices=["20b", "bench"], default="20b")
     ap.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
