@@ -24,6 +24,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -283,9 +284,13 @@ def print_table(results: list[Result], levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def _measure(srv: Server, concurrency: int, args: argparse.Namespace) -> Result:
+    """One level against one server (our servers also get the /health probe)."""
+    return asyncio.run(run_level(srv, concurrency, args.max_tokens, args.rounds, probe=srv.name.startswith("ours")))
+
+
 def _median_result(runs: list[Result]) -> Result:
     """Per-field medians of one server's runs at one level (interleaved mode)."""
-    import statistics
 
     def med(field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs)
@@ -304,8 +309,6 @@ def run_interleaved(names: list[str], model_dir: Path, args: argparse.Namespace)
     taken right beside it gives ratios that the drift does not decide. Returns per-level medians
     and a per-round ratio report.
     """
-    import statistics
-
     servers: dict[str, Server] = {}
     runs: dict[tuple[str, int], list[Result]] = {}
     try:
@@ -316,7 +319,7 @@ def run_interleaved(names: list[str], model_dir: Path, args: argparse.Namespace)
         for i in range(args.interleave):
             for name in names if i % 2 == 0 else names[::-1]:
                 for c in args.concurrency:
-                    r = asyncio.run(run_level(servers[name], c, args.max_tokens, args.rounds, probe=name.startswith("ours")))
+                    r = _measure(servers[name], c, args)
                     logger.info("round %d %s c=%d: %.0f tok/s", i + 1, name, c, r.tokens_per_s)
                     runs.setdefault((name, c), []).append(r)
     finally:
@@ -374,7 +377,7 @@ def main() -> None:
             srv.wait(900 if name == "vllm" else 300)
             for c in args.concurrency:
                 logger.info("%s c=%d", name, c)
-                results.append(asyncio.run(run_level(srv, c, args.max_tokens, args.rounds, probe=name.startswith("ours"))))
+                results.append(_measure(srv, c, args))
                 logger.info("%s", results[-1])
         finally:
             srv.stop()
