@@ -298,30 +298,38 @@ CANDIDATE_CUTS = (1e-4, 1e-9)
 SAMPLE_CHUNK_ROWS = 4
 
 
-def _sample_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
-    """Temperature / top-k / top-p / min-p sampling of several rows by inverse CDF.
+def _pick_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
+    """Bias and penalties, then greedy or temperature / top-k / top-p / min-p sampling by inverse CDF.
 
-    ``x`` holds the logits (after bias and penalties), one row per state, in any float dtype; it
-    is not modified. Each sequence draws one uniform per token from its own generator and every
-    op works along one row, so a row samples the same token alone or batched, and a seed
-    reproduces. On a CPU this is bound by memory traffic over the 201k-wide rows, so rows go
-    through in small chunks that stay in cache.
+    ``x`` holds the rows' logits in any float dtype; it is not modified. Each sequence draws one
+    uniform per token from its own generator and every op works along one row, so a row picks
+    the same token alone or batched, and a seed reproduces. On a CPU this is bound by memory
+    traffic over the 201k-wide rows, so rows go through in small chunks that stay in cache, and
+    each is upcast to float32 only there.
     """
     n, vocab = x.shape
     params = [st.params for st in states]
-    u = [float(torch.rand(1, generator=st.generator)) for st in states]
+    u = [float(torch.rand(1, generator=st.generator)) if st.generator is not None else 0.0 for st in states]
     out = [0] * n
     step = SAMPLE_CHUNK_ROWS if x.device.type == "cpu" else n  # a GPU has no such cache to fit; fewer launches
     for start in range(0, n, step):
         chunk = range(start, min(n, start + step))
-        # Unnormalized probabilities exp((x - max) / T): the most likely token gets exactly 1.
         e = x[chunk.start : chunk.stop].to(torch.float32, copy=True)
+        for i in chunk:
+            if not _is_plain(states[i]):
+                _processed_row(e[i - start], states[i])
+        cold = [i for i in chunk if params[i].temperature == 0]  # greedy after bias / penalties
+        for i, tok in zip(cold, greedy_argmax(e[[i - start for i in cold]]).tolist() if cold else []):
+            out[i] = tok
+        # Unnormalized probabilities exp((x - max) / T): the most likely token gets exactly 1.
         e.sub_(e.amax(-1, keepdim=True))
-        if any(params[i].temperature != 1.0 for i in chunk):
-            e.mul_(torch.tensor([[1.0 / params[i].temperature] for i in chunk], device=e.device))
+        if any(params[i].temperature not in (0.0, 1.0) for i in chunk):
+            inv_t = [[1.0 / params[i].temperature if params[i].temperature else 1.0] for i in chunk]
+            e.mul_(torch.tensor(inv_t, device=e.device))
         e.exp_()
-        ranked = {i for i in chunk if (params[i].top_k and params[i].top_k < vocab) or params[i].top_p < 1.0}
-        plain = [i for i in chunk if i not in ranked]
+        hot = [i for i in chunk if params[i].temperature > 0]
+        ranked = {i for i in hot if (params[i].top_k and params[i].top_k < vocab) or params[i].top_p < 1.0}
+        plain = [i for i in hot if i not in ranked]
         if plain:
             rows = e[[i - start for i in plain]] if len(plain) < len(chunk) else e
             for j, i in enumerate(plain):
@@ -399,7 +407,7 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
     """Pick one token per row. Greedy rows without bias/penalties take one vectorised max.
 
     ``logits`` may be bf16: max() on it picks the same token as on its exact fp32 upcast, so
-    plain greedy rows skip the conversion; other rows are upcast one by one.
+    plain greedy rows skip the conversion; other rows are upcast chunk by chunk (``_pick_rows``).
     """
     simple = [i for i, st in enumerate(states) if st.params.temperature == 0 and _is_plain(st)]
     out: list[Sampled | None] = [None] * len(states)
@@ -410,22 +418,9 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
             out[i] = Sampled(tok)
     rest = [i for i, o in enumerate(out) if o is None]
     if rest:
-        if all(_is_plain(states[i]) for i in rest):  # plain sampling reads the logits as they are
-            x = logits if len(rest) == len(states) else logits[rest]
-        else:
-            x = logits[rest].float()
-            for j, i in enumerate(rest):
-                if not _is_plain(states[i]):
-                    _processed_row(x[j], states[i])
-        hot = [j for j, i in enumerate(rest) if states[i].params.temperature > 0]
-        cold = [j for j, i in enumerate(rest) if states[i].params.temperature == 0]
-        if cold:  # greedy with bias or penalties
-            for j, tok in zip(cold, greedy_argmax(x[cold]).tolist()):
-                out[rest[j]] = Sampled(tok)
-        if hot:
-            rows = x[hot] if len(hot) < len(rest) else x
-            for j, tok in zip(hot, _sample_rows(rows, [states[rest[j]] for j in hot])):
-                out[rest[j]] = Sampled(tok)
+        rows = logits if len(rest) == len(states) else logits[rest]
+        for i, tok in zip(rest, _pick_rows(rows, [states[i] for i in rest])):
+            out[i] = Sampled(tok)
     for i, st in enumerate(states):
         k = st.params.logprobs
         if k is not None:
