@@ -17,19 +17,10 @@ token's top-k rows: ~2x faster for the bench model's MoE blocks at 16 rows. gpt-
 takes this path (one token through all 32 experts is 0.8 G multiply-adds, over the limit). It is
 registered through transformers' experts interface and used only after a self-check against
 ``grouped_mm``. ``GPTOSS_CPU_DENSE_EXPERTS=false`` turns it off.
-
-3. glibc malloc keeps freed memory for reuse. Every decode step allocates and frees tens of MB
-(logits, their float copy for sampling, attention scratch). By default glibc serves blocks that
-big with mmap and gives them back on free, and trims the heap top, so the next step page-faults
-the same memory in again: a 16-row sampling step measured 11 ms with the defaults and 4 ms with
-the memory kept. ``mallopt`` (a documented glibc call) raises both thresholds once the model is
-loaded; elsewhere it is skipped. ``GPTOSS_CPU_MALLOC_TUNING=false`` turns it off.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 
 import torch
@@ -174,21 +165,3 @@ def use_dense_experts(model: torch.nn.Module) -> bool:
     logger.info("Small MoE layers on CPU: dense experts for small batches (exact, faster)")
     return True
 
-
-# glibc's mallopt parameters (malloc.h) and the values set: blocks up to 256 MiB come from the
-# heap, and up to 512 MiB of free heap top is kept.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 256 << 20
-TRIM_THRESHOLD = 512 << 20
-
-
-def retain_freed_memory() -> bool:
-    """Have glibc keep freed memory for the next step instead of returning it; False if not glibc."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    if ok:
-        logger.info("glibc malloc: freed blocks up to %d MiB are kept for reuse", MMAP_THRESHOLD >> 20)
-    return ok

@@ -84,10 +84,6 @@ def prepare_model(model: Any, settings: Settings, device: str) -> None:
         from cpu_kernels import use_dense_experts
 
         use_dense_experts(model)
-    if device == "cpu" and settings.cpu_malloc_tuning:
-        from cpu_kernels import retain_freed_memory
-
-        retain_freed_memory()
     if device == "cuda":
         from gpu_kernels import use_step_sized_experts
 

@@ -43,9 +43,6 @@ class Settings(BaseSettings):
     cpu_dense_experts: bool = Field(
         True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
     )
-    cpu_malloc_tuning: bool = Field(
-        True, description="CPU: glibc malloc keeps freed memory for the next step instead of page-faulting it back in."
-    )
     gpu_batched_experts_tokens: int = Field(
         4,
         ge=0,

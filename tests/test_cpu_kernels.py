@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GptOssConfig
 from transformers.integrations.moe import grouped_mm_experts_forward
 
 from cpu_kernels import (
@@ -73,21 +72,3 @@ def test_tiny_model_uses_dense_experts_and_generates_the_same():
         b = fast.generate(ids, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(ids))
     assert torch.equal(a, b)
 
-
-def test_malloc_tuning_on_glibc_and_only_when_asked(monkeypatch):
-    import platform
-
-    import cpu_kernels
-    import loader
-    from settings import Settings
-
-    if platform.libc_ver()[0] == "glibc":
-        assert cpu_kernels.retain_freed_memory() is True
-    calls: list[bool] = []
-    monkeypatch.setattr(cpu_kernels, "retain_freed_memory", lambda: calls.append(True) or True)
-    model = torch.nn.Linear(2, 2)
-    model.config = GptOssConfig()  # not a gpt-oss model: the kernel swaps find nothing to do
-    loader.prepare_model(model, Settings(cpu_malloc_tuning=False), "cpu")
-    assert calls == []
-    loader.prepare_model(model, Settings(), "cpu")
-    assert calls == [True]
