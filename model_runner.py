@@ -386,17 +386,38 @@ def _argmax_block(vocab: int) -> int | None:
     return None
 
 
+# bf16 bit patterns read as int16: positive values up to +inf are 0x0001..0x7F80, in value order;
+# above are NaNs.
+_BF16_POS_INF = 0x7F80
+
+
 def greedy_argmax(rows: torch.Tensor) -> torch.Tensor:
     """Index of each row's maximum, the first one on ties (what ``rows.max(-1).indices`` gives).
 
     On CPU, ``max(dim)`` with indices over 200k-wide bf16 rows is a slow scalar loop (2 ms per
     step at 16 rows, 8 ms at 64). A vectorised ``amax`` over fixed-size blocks, an argmax over the
     block maxima and one over the winning block give the same index about twice as fast.
+
+    bf16 rows are reduced as int16 bit patterns, another 2-3x faster (no conversion to float):
+    positive finite bf16 values order like their bits, every negative one (sign bit set) is a
+    negative int16, and equal positive values have equal bits. So when a row's maximum is
+    positive (a language model's top logit, in practice), the int16 argmax is the float one.
+    Other rows (and rows with a positive NaN) take the float path. A negative NaN hides among
+    the negative patterns, so a row holding one may get a different index than ``max()``'s
+    (the NaN's); such a row has no meaningful maximum either way.
     """
     n, vocab = rows.shape
     blk = _argmax_block(vocab) if rows.device.type == "cpu" and rows.stride(-1) == 1 else None
     if blk is None:
         return rows.max(dim=-1).indices
+    if rows.dtype == torch.bfloat16:
+        bits = rows.view(torch.int16).reshape(n, vocab // blk, blk)
+        block_max = bits.amax(dim=-1)
+        best_block = block_max.argmax(dim=-1)
+        top = block_max.gather(1, best_block[:, None])
+        if bool(((top > 0) & (top <= _BF16_POS_INF)).all()):
+            inside = bits[torch.arange(n, device=rows.device), best_block].argmax(dim=-1)
+            return best_block * blk + inside
     blocks = rows.reshape(n, vocab // blk, blk)
     best_block = blocks.amax(dim=-1).argmax(dim=-1)  # first block holding the row maximum
     inside = blocks[torch.arange(n, device=rows.device), best_block].argmax(dim=-1)

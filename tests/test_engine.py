@@ -270,12 +270,28 @@ def test_greedy_argmax_matches_max_including_ties(dtype, vocab):
     from model_runner import greedy_argmax
 
     gen = torch.Generator().manual_seed(0)
-    rows = torch.randn(9, vocab, generator=gen).to(dtype)
+    rows = torch.randn(12, vocab, generator=gen).to(dtype)
     rows[1, [3, vocab - 1]] = 100.0  # a tie across blocks: the first index wins
     rows[2, [vocab // 2, vocab // 2 + 1]] = 100.0  # a tie inside one block
     rows[3] = 0.0  # all equal
     rows[4, vocab - 1] = 100.0  # the last element
+    # bf16 rows are compared as int16 bit patterns only when the maximum is positive and finite:
+    rows[5] = -rows[5].abs() - 1.0  # all negative (the int16 order is reversed there)
+    rows[6, [7, vocab - 2]] = float("inf")  # +inf, tied
+    rows[7] = -rows[7].abs()  # negatives with large int16 patterns ...
+    rows[7, vocab - 3] = 1e-30  # ... and one tiny positive maximum
+    rows[8] = -rows[8].abs()
+    rows[8, [5, vocab // 3]] = 0.0  # the maximum is zero, and -0.0 equals it (first one wins)
+    rows[8, 2] = -0.0
+    rows[9, 0] = -0.0
+    rows[9, 1:] = -1.0  # -0.0 first: the maximum
+    rows[10] = rows[10].abs() + 1e-3  # all positive
+    rows[11, vocab // 4] = 3e38  # near the largest finite value
+    rows[0, vocab // 5] = float("nan")  # NaN wins max(), the first one of several
+    if dtype == torch.bfloat16:  # a later positive NaN with higher bits must not win instead
+        rows.view(torch.int16)[0, vocab // 5 + 1] = 0x7FFF
     expected = rows.max(dim=-1).indices
     assert torch.equal(greedy_argmax(rows), expected)
+    assert [int(greedy_argmax(rows[i : i + 1])) for i in range(len(rows))] == expected.tolist()
     assert greedy_argmax(rows[1:2]).tolist() == [3]
     assert greedy_argmax(rows[3:4]).tolist() == [0]
