@@ -15,8 +15,8 @@ config with random weights, directly on the device, then goes through the same
     python bench/gpu_engine.py --shape bench --streams 1,4 --max-tokens 16   # a CPU dry run
 
 On a CPU the engine phases understate a served engine (~30% at 16 rows on 2 cores): the model
-is built and run on the main thread first, and OpenMP workers for two threads exceed the cores,
-so they stop spin-waiting between ops. The server runs all torch work on its engine thread.
+is built and run on the main thread first, and OpenMP teams for two threads exceed the cores
+(libgomp then spin-waits less between ops). The server runs all torch work on its engine thread.
 
 Not a test: figures depend on the machine. Results go to stdout and, with --out, to a JSON file
 rewritten after each phase (so a run cut short still leaves what it measured).
