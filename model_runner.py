@@ -399,12 +399,12 @@ def greedy_argmax(rows: torch.Tensor) -> torch.Tensor:
     block maxima and one over the winning block give the same index about twice as fast.
 
     bf16 rows are reduced as int16 bit patterns, another 2-3x faster (no conversion to float):
-    positive finite bf16 values order like their bits, every negative one (sign bit set) is a
-    negative int16, and equal positive values have equal bits. So when a row's maximum is
+    positive bf16 values up to +inf order like their bits, every negative one (sign bit set) is
+    a negative int16, and equal positive values have equal bits. So when a row's maximum is
     positive (a language model's top logit, in practice), the int16 argmax is the float one.
-    Other rows (and rows with a positive NaN) take the float path. A negative NaN hides among
-    the negative patterns, so a row holding one may get a different index than ``max()``'s
-    (the NaN's); such a row has no meaningful maximum either way.
+    If any row's maximum is not (zero, negative, or a positive NaN), the whole call takes the
+    float path. A negative NaN hides among the negative patterns, so a row holding one may get
+    a different index than ``max()``'s (the NaN's); such a row has no meaningful maximum.
     """
     n, vocab = rows.shape
     blk = _argmax_block(vocab) if rows.device.type == "cpu" and rows.stride(-1) == 1 else None

@@ -275,7 +275,7 @@ def test_greedy_argmax_matches_max_including_ties(dtype, vocab):
     rows[2, [vocab // 2, vocab // 2 + 1]] = 100.0  # a tie inside one block
     rows[3] = 0.0  # all equal
     rows[4, vocab - 1] = 100.0  # the last element
-    # bf16 rows are compared as int16 bit patterns only when the maximum is positive and finite:
+    # bf16 rows are compared as int16 bit patterns only when every row's maximum is positive:
     rows[5] = -rows[5].abs() - 1.0  # all negative (the int16 order is reversed there)
     rows[6, [7, vocab - 2]] = float("inf")  # +inf, tied
     rows[7] = -rows[7].abs()  # negatives with large int16 patterns ...
