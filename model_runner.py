@@ -410,16 +410,17 @@ def greedy_argmax(rows: torch.Tensor) -> torch.Tensor:
     blk = _argmax_block(vocab) if rows.device.type == "cpu" and rows.stride(-1) == 1 else None
     if blk is None:
         return rows.max(dim=-1).indices
+    blocks = rows.reshape(n, vocab // blk, blk)
+    best_block = None
     if rows.dtype == torch.bfloat16:
         bits = rows.view(torch.int16).reshape(n, vocab // blk, blk)
         block_max = bits.amax(dim=-1)
-        best_block = block_max.argmax(dim=-1)
-        top = block_max.gather(1, best_block[:, None])
+        first = block_max.argmax(dim=-1)
+        top = block_max.gather(1, first[:, None])
         if bool(((top > 0) & (top <= _BF16_POS_INF)).all()):
-            inside = bits[torch.arange(n, device=rows.device), best_block].argmax(dim=-1)
-            return best_block * blk + inside
-    blocks = rows.reshape(n, vocab // blk, blk)
-    best_block = blocks.amax(dim=-1).argmax(dim=-1)  # first block holding the row maximum
+            blocks, best_block = bits, first
+    if best_block is None:
+        best_block = blocks.amax(dim=-1).argmax(dim=-1)  # first block holding the row maximum
     inside = blocks[torch.arange(n, device=rows.device), best_block].argmax(dim=-1)
     return best_block * blk + inside
 
