@@ -49,6 +49,7 @@ class EngineConfig:
     max_batched_tokens: int = 2048
     kv_cache_tokens: int = DEFAULT_CPU_KV_TOKENS  # 0: size it after loading the model
     request_timeout: float = 600.0
+    lean_decode: bool = True  # decode steps through decode_forward where that is exact (model_runner)
 
 
 @dataclass
@@ -219,13 +220,16 @@ class EngineCore:
         model = self._loader()
         from model_runner import ModelRunner, default_kv_budget
 
-        self._runner = ModelRunner(model)
+        self._runner = ModelRunner(model, lean_decode=self.config.lean_decode)
         if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
             self.config.kv_cache_tokens = default_kv_budget(model)
         self._vocab = int(model.config.vocab_size)
         if not self.max_context:
             self.max_context = int(getattr(model.config, "max_position_embeddings", 4096))
-        logger.info("Engine ready (max_running=%d, kv budget=%d tokens)", self.config.max_running, self.config.kv_cache_tokens)
+        logger.info(
+            "Engine ready (max_running=%d, kv budget=%d tokens, lean decode %s)",
+            self.config.max_running, self.config.kv_cache_tokens, "on" if self._runner.lean_decode else "off",
+        )
 
     def loop(self) -> None:
         """Step while there is work, sleep while there is none, until :meth:`stop`."""

@@ -101,6 +101,7 @@ def engine_config(settings: Settings, device: str) -> EngineConfig:
         max_batched_tokens=settings.max_batched_tokens,
         kv_cache_tokens=kv,
         request_timeout=settings.request_timeout,
+        lean_decode=settings.lean_decode,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from decode_forward import lean_decode, supports_lean_decode
 from engine_types import DEFAULT_CPU_KV_TOKENS, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -63,12 +64,14 @@ def _pad_left(x: torch.Tensor, n: int) -> torch.Tensor:
 class ModelRunner:
     """Owns the model and the running batch; every method is called from the engine thread."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, lean_decode: bool = True) -> None:
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
         self.sliding_window = getattr(self.config, "sliding_window", None) or 0
         self.batch: Batch | None = None
+        # Decode steps through decode_forward (same ops, less Python) where that is exact here.
+        self.lean_decode = lean_decode and supports_lean_decode(model) and lean_decode_agrees(model)
 
     # --- cache surgery ---------------------------------------------------------------------------
     def _layer_target_len(self, layer, timeline: int) -> int:
@@ -192,20 +195,46 @@ class ModelRunner:
         assert batch is not None and len(tokens) == batch.size
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         batch.mask = F.pad(batch.mask, (0, 1), value=1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=batch.mask,
-            position_ids=batch.positions[:, None],
-            cache=batch.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        if self.lean_decode:
+            logits = lean_decode(self.model, ids, batch.mask, batch.positions[:, None], batch.cache)
+        else:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=batch.mask,
+                position_ids=batch.positions[:, None],
+                cache=batch.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1]
         batch.positions = batch.positions + 1
-        return out.logits[:, -1]
+        return logits
 
     def kv_tokens(self) -> int:
         """Timeline slots held by the batch (rows x length): what the KV-cache budget bounds."""
         return 0 if self.batch is None else self.batch.size * self.batch.length
+
+
+def lean_decode_agrees(model: torch.nn.Module, steps: int = 3) -> bool:
+    """The lean decode step gives the stock forward's logits, bit for bit, on a padded batch here."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (3, 8)]
+    stock, lean = ModelRunner(model, lean_decode=False), ModelRunner(model, lean_decode=False)
+    lean.lean_decode = True
+    tokens = stock.prefill(prompts).argmax(-1).tolist()
+    lean.prefill(prompts)
+    try:
+        for _ in range(steps):
+            expected, got = stock.decode(tokens), lean.decode(tokens)
+            if not torch.equal(expected, got):
+                logger.warning("Lean decode step disagrees with the stock forward here; using the stock one")
+                return False
+            tokens = expected.argmax(-1).tolist()
+    except (TypeError, RuntimeError) as exc:  # a cache layout or op decode_forward does not mirror
+        logger.warning("Lean decode step unavailable (%s); using the stock forward", exc)
+        return False
+    return True
 
 
 @dataclass

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     cpu_dense_experts: bool = Field(
         True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
     )
+    lean_decode: bool = Field(
+        True, description="Decode steps skip transformers' per-call mask building and wrappers (same ops, exact)."
+    )
     gpu_batched_experts_tokens: int = Field(
         4,
         ge=0,
