@@ -8,7 +8,7 @@ arguments. For one new token per row the masks are simply the padding mask in th
 (all timeline columns for full attention, the last columns the sliding cache keeps for sliding
 attention), so they are built here once per step with two tensor ops. The layers then run the
 modules' own norms, projections, rotary embedding, cache update, attention and MoE blocks in
-transformers' order: the result is the same bits (a 16-row step of the bench model: 16.3 to 13.2
+transformers' order: the result is the same bits (a 16-row step of the bench model: 15.9 to 13.2
 ms on the development CPU).
 
 Used only for decode steps (one new token per row) of gpt-oss models that run this project's

@@ -264,8 +264,8 @@ def bench_runner(
             toks = greedy_argmax(runner.decode(toks)).tolist()
         ms = 1000 * (time.perf_counter() - t0) / steps
         model.set_experts_implementation(chosen)
-        out.append({"streams": n, "step_ms": round(ms, 2), "tok_s": round(1000 * n / ms, 1)})
-        logger.info("  runner %3d rows: %.2f ms/step", n, ms)
+        out.append({"streams": n, "step_ms": round(ms, 2), "tok_s": round(1000 * n / ms, 1), "lean_decode": runner.lean_decode})
+        logger.info("  runner %3d rows: %.2f ms/step (lean decode %s)", n, ms, "on" if runner.lean_decode else "off")
     return out
 
 

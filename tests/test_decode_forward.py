@@ -78,6 +78,14 @@ def test_a_disagreeing_lean_step_is_not_used(model, monkeypatch):
     assert not ModelRunner(model).lean_decode
 
 
+def test_a_cache_layout_the_lean_step_does_not_handle_keeps_the_stock_forward(model, monkeypatch):
+    def unsupported(*args):
+        raise TypeError("lean decode does not handle QuantizedLayer cache layers")
+
+    monkeypatch.setattr(decode_forward, "decode_masks", unsupported)
+    assert not ModelRunner(model).lean_decode
+
+
 def test_lean_decode_only_where_it_mirrors_the_forward():
     """Transformers' eager attention is not what decode_forward inlines; the setting turns it off."""
     settings = Settings(model="tiny", gqa_attention=False)
