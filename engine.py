@@ -1,13 +1,10 @@
 """The inference engine: continuous batching on the thread that owns the model.
 
 :class:`EngineCore` is the scheduler. It runs on one thread (the only one that touches torch)
-and hands every step's token events to a *sink*. Two front ends give the event loop the same
-async interface (submit a request, iterate its :class:`TokenStream`, cancel):
-
-- :class:`Engine` (here, the default) runs the core on a thread of the server process; its
-  sink hands events to the event loop with one ``call_soon_threadsafe`` per step.
-- ``engine_process.ProcessEngine`` (``GPTOSS_ENGINE_PROCESS=true``) runs the core in a child
-  process, so the HTTP side never holds the GIL the engine's Python dispatch needs.
+and hands every step's token events to a *sink*. :class:`Engine` runs the core on a thread of
+the server process and gives the event loop an async interface (submit a request, iterate its
+:class:`TokenStream`, cancel); its sink hands events to the event loop with one
+``call_soon_threadsafe`` per step.
 
 Scheduling: every step (1) drops cancelled / timed-out sequences, (2) admits waiting requests
 while the running set, the KV budget and the per-step prefill budget allow, prefilling them
@@ -62,7 +59,7 @@ class EngineStats:
     generated_tokens: int
     finished: int
     kv_capacity: int = 0
-    received: int = 0  # requests the core has been handed, ever (the process front end counts on it)
+    received: int = 0  # requests the core has been handed, ever
 
 
 class TokenStream:

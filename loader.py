@@ -6,7 +6,6 @@ same ``from_pretrained`` path as the real model, so tests exercise the real load
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from pathlib import Path
@@ -112,12 +111,6 @@ def build_engine(settings: Settings, checkpoint: Callable[[], str | None]) -> An
     answers 503 instead of hanging while the model arrives.
     """
     config = engine_config(settings, pick_device(settings))
-    if settings.engine_process:
-        from engine_process import ProcessEngine
-
-        return ProcessEngine(
-            lambda: functools.partial(load_model, settings, checkpoint()), config, log_level=settings.log_level
-        )
     from engine import Engine
 
     return Engine(lambda: load_model(settings, checkpoint()), config)

@@ -62,9 +62,6 @@ class Settings(BaseSettings):
     )
 
     # --- engine / backpressure -------------------------------------------------------------------
-    engine_process: bool = Field(
-        False, description="Run the model in a child process, so HTTP handling never holds the GIL it needs."
-    )
     max_running: int = Field(0, ge=0, description="Max sequences decoded together (0 = per device: 64 CPU, 128 GPU).")
     max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
     max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
@@ -106,7 +103,7 @@ class Settings(BaseSettings):
 
 # This project's modules; BentoML configures the root handlers, we set our loggers' level.
 PROJECT_LOGGERS = (
-    "gptoss", "auth", "engine", "engine_process", "loader", "serving", "openai_compat", "harmony_mapping",
+    "gptoss", "auth", "engine", "loader", "serving", "openai_compat", "harmony_mapping",
     "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "gpu_kernels", "attention", "access_log",
     "gptoss.access",
 )

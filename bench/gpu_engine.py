@@ -8,7 +8,6 @@ config with random weights, directly on the device, then goes through the same
 * the default thread engine at each stream count: output tokens/s, TTFT p50/p95, latency
   p50/p95, decode steps/s, and the event loop's lag p99 (what /health would wait behind);
 * the same with ``GPTOSS_GQA_ATTENTION`` off (transformers' eager attention), same model;
-* the opt-in process engine (``GPTOSS_ENGINE_PROCESS``), which builds its own model in a child;
 * whether stream 0's greedy tokens are the same alone and batched.
 
     python bench/gpu_engine.py                          # on the GPU host (see README, Performance)
@@ -61,10 +60,7 @@ def shape_config(shape: str) -> dict[str, Any]:
 
 
 def build_random_model(shape: str, seed: int = 0) -> Any:
-    """gpt-oss of the given shape, random bf16 weights created on the device, kernels applied.
-
-    Module level and picklable, so the process engine's child can build its own copy.
-    """
+    """gpt-oss of the given shape, random bf16 weights created on the device, kernels applied."""
     import torch
     from transformers import AutoModelForCausalLM, GptOssConfig
 
@@ -323,7 +319,7 @@ def main() -> None:
     ap.add_argument("--streams", default="1,32", help="comma-separated concurrent stream counts")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--phases", default="generate,thread,eager,process",
+    ap.add_argument("--phases", default="generate,thread,eager",
                     help="which of generate, runner, profile, experts, thread, sampled (T=1), quiet, eager (GQA off), "
                     "process to run; runner/profile/experts/quiet break a step's cost down (no engine / op tables / "
                     "grouped_mm vs batched_mm by rows / no lag probe)")
@@ -412,22 +408,9 @@ def main() -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    if "process" in phases:
-        from engine_process import ProcessEngine
-
-        logger.info("Process engine (GPTOSS_ENGINE_PROCESS=true): the child builds its own model")
-        engine = ProcessEngine(
-            lambda: functools.partial(build_random_model, args.shape), engine_config(settings, device),
-            log_level=settings.log_level,
-        )
-        engine.start()
-        engine.wait_ready()
-        results["process"] = run_engine(engine, levels, prompts, args.max_tokens)
-        save()
-
     # Same greedy tokens alone and batched? (Stream 0 has the same prompt in every run.)
     checks = {}
-    for name in ("thread", "thread_sampled", "thread_eager_attention", "process", "generate"):
+    for name in ("thread", "thread_sampled", "thread_eager_attention", "generate"):
         runs = results.get(name) or []
         if len(runs) > 1:
             alone = runs[0]["first_tokens"]
@@ -444,7 +427,7 @@ def main() -> None:
         f"{'run':28} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'lat p50':>8} {'steps/s':>8} "
         f"{'lag p99 ms':>10}"
     )
-    for name in ("generate", "thread", "thread_sampled", "thread_quiet", "thread_eager_attention", "process"):
+    for name in ("generate", "thread", "thread_sampled", "thread_quiet", "thread_eager_attention"):
         for r in results.get(name) or []:
             print(f"{name:28} {r['streams']:>7} {r['tok_s']:>8} {r.get('ttft_p50', ''):>9} {r.get('ttft_p95', ''):>7} "
                   f"{r.get('lat_p50', ''):>8} {r.get('steps_per_s', ''):>8} {r.get('loop_lag_p99_ms', ''):>10}")

@@ -15,16 +15,15 @@ from tests.conftest import ADMIN_KEY, RemoteServer
 MODEL = "gpt-oss-20b"
 
 
-@pytest.fixture(params=["thread", "process"])
-def small_server(request, tmp_path) -> RemoteServer:
-    """Both engine front ends: on a thread of the worker (default) and in a child process."""
+@pytest.fixture
+def small_server(tmp_path) -> RemoteServer:
+    """One running slot and one queue place."""
     srv = RemoteServer(
         {
             "GPTOSS_API_KEYS": ADMIN_KEY,
             "GPTOSS_MAX_RUNNING": "1",
             "GPTOSS_MAX_QUEUED": "1",
             "GPTOSS_SHUTDOWN_GRACE": "60",
-            "GPTOSS_ENGINE_PROCESS": str(request.param == "process").lower(),
         },
         log_path=tmp_path / "server.log",
     )
