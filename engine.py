@@ -25,11 +25,13 @@ from typing import Any, Callable, Protocol
 
 from engine_types import (
     DEFAULT_CPU_KV_TOKENS,
+    EngineFault,
     EngineNotReady,
     EngineOverloaded,
     EngineShuttingDown,
     FinishReason,
     GenerationRequest,
+    SequenceFailed,
     TokenEvent,
 )
 
@@ -137,7 +139,12 @@ class _Seq:
     last_token: int = NO_TOKEN
     context_len: int = 0
     finish: FinishReason | None = None
+    error: BaseException | None = None  # what ended it instead of a finish reason
     events: list[TokenEvent] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None or self.error is not None
 
 
 class EngineCore:
@@ -166,6 +173,7 @@ class EngineCore:
         self._inbox: collections.deque[_Seq] = collections.deque()
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []
+        self._admitting: list[_Seq] = []  # taken from the queue for this step's prefill
         self._chunked: tuple[_Seq, Any] | None = None  # a long prompt being prefilled
         self._stopping = False
         self._received = self._steps = self._prompt_tokens = self._generated_tokens = self._finished = 0
@@ -240,16 +248,53 @@ class EngineCore:
                 self._inbox.clear()
             try:
                 self._step()
-            except Exception as exc:  # a failed forward must not kill the engine: fail its requests
-                logger.exception("Engine step failed; failing %d running requests", len(self._running))
-                self._fail_running(exc)
+            except Exception as exc:  # a failed model step must not kill the engine: fail its requests
+                self._fail_batch(exc)
         self._abort_all()
 
-    def _fail_running(self, exc: Exception) -> None:
-        self._sink([(seq.handle, exc) for seq in self._running])
+    def _fail_batch(self, exc: Exception) -> None:
+        """A fault of the batch itself: every sequence in it (and any joining it) gets an error.
+
+        Waiting requests and a long prompt being prefilled in its own cache are not part of it.
+        """
+        victims = self._running + self._admitting
+        logger.error("Engine step failed (%s: %s); failing %d requests", type(exc).__name__, exc, len(victims),
+                     exc_info=exc)
+        error = EngineFault(f"the model step failed ({type(exc).__name__})")
+        deliveries: Deliveries = []
+        for seq in victims:
+            if seq.events:  # tokens of this step that were not handed over yet
+                deliveries.append((seq.handle, seq.events))
+            deliveries.append((seq.handle, error))
+        self._sink(deliveries)
         with self._lock:
             self._running = []
+            self._admitting = []
         self._runner.batch = None
+
+    def _fail_one(self, seq: _Seq, exc: BaseException, what: str) -> None:
+        """End one sequence that is not in the running batch with an error; nobody else is touched."""
+        logger.warning("Request %s failed in %s: %s: %s", seq.request.request_id, what, type(exc).__name__, exc)
+        seq.error = SequenceFailed(f"{what} failed ({type(exc).__name__}: {exc})")
+        self._sink([(seq.handle, seq.error)])
+
+    def _prepare(self, seq: _Seq) -> bool:
+        """Build the sequence's own sampler state and check its prompt before it touches the batch.
+
+        Anything here that raises belongs to this request alone (its bias, seed, prompt), so
+        it fails that request only.
+        """
+        from model_runner import SamplerState
+
+        try:
+            ids = seq.request.prompt_ids
+            if not ids or min(ids) < 0 or max(ids) >= self._vocab:
+                raise ValueError(f"prompt token ids must be in [0, {self._vocab})")
+            seq.sampler = SamplerState.create(seq.request.params, ids, self._vocab, self._runner.device)
+        except Exception as exc:
+            self._fail_one(seq, exc, "preparing the request")
+            return False
+        return True
 
     def _abort_all(self) -> None:
         with self._lock:
@@ -268,8 +313,6 @@ class EngineCore:
         self._sink([(seq.handle, [TokenEvent(NO_TOKEN, finish_reason="abort")])])
 
     def _step(self) -> None:
-        from model_runner import sample
-
         now = time.monotonic()
         # 1. Drop cancelled or expired requests, waiting or running.
         for seq in list(self._waiting):
@@ -292,12 +335,18 @@ class EngineCore:
                 self._chunked = None
                 self._abort(seq)
             else:
-                logits = self._runner.prefill_chunk(job, budget)
                 budget = 0
-                if logits is not None:
+                try:
+                    part = self._runner.prefill_chunk(job, self.config.max_batched_tokens)
+                except Exception as exc:  # its own cache: the running batch is untouched
                     self._chunked = None
-                    self._start_running([seq], logits)
-        admitted: list[_Seq] = []
+                    self._fail_one(seq, exc, "prefilling the prompt")
+                    part = None
+                if part is not None:
+                    self._chunked = None
+                    self._admitting = [seq]
+                    self._join([seq], *part)
+        admitted = self._admitting
         timeline = self._runner.batch.length if self._runner.batch is not None else 0
         while self._waiting and len(self._running) + len(admitted) < self.config.max_running:
             seq = self._waiting[0]
@@ -311,44 +360,74 @@ class EngineCore:
                     break
                 with self._lock:
                     self._waiting.popleft()
+                if self._prepare(seq):
                     self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
                 continue
             if n > budget:
                 break
             with self._lock:
                 self._waiting.popleft()
+            if not self._prepare(seq):
+                continue
             admitted.append(seq)
             budget -= n
             timeline = max(timeline, n)
         if admitted:
-            logits = self._runner.prefill([s.request.prompt_ids for s in admitted])
-            self._start_running(admitted, logits)
+            try:  # in a cache of their own: a failure here leaves the running batch as it was
+                part = self._runner.prefill_apart([s.request.prompt_ids for s in admitted])
+            except Exception as exc:
+                for seq in admitted:
+                    self._fail_one(seq, exc, "prefilling the prompt")
+                part = None
+            if part is not None:
+                self._join(admitted, *part)
+            self._admitting = []
 
         # 3. One batched decode step for everyone still running.
         if self._running:
             logits = self._runner.decode([s.last_token for s in self._running])
-            self._emit(self._running, sample(logits, [s.sampler for s in self._running]))
+            self._emit(self._running, self._sample(self._running, logits))
             self._retire()
         self._steps += 1
         self._flush()
 
-    def _start_running(self, seqs: list[_Seq], logits: Any) -> None:
-        """Sequences whose prompt is in the batch: sample their first token and run them."""
-        from model_runner import SamplerState, sample
-
+    def _join(self, seqs: list[_Seq], logits: Any, batch: Any) -> None:
+        """Prefilled sequences: merge their cache into the batch, sample their first token, run them."""
+        self._runner.join(batch)  # a failure from here on is the batch's (loop() fails all of it)
         for seq in seqs:
-            seq.sampler = SamplerState.create(
-                seq.request.params, seq.request.prompt_ids, self._vocab, self._runner.device
-            )
             seq.context_len = len(seq.request.prompt_ids)
             self._prompt_tokens += seq.context_len
         with self._lock:
             self._running.extend(seqs)
-        self._emit(seqs, sample(logits, [s.sampler for s in seqs]))
+        self._admitting = []
+        self._emit(seqs, self._sample(seqs, logits))
         self._retire()
+
+    def _sample(self, seqs: list[_Seq], logits: Any) -> list[Any]:
+        """One token per row; a row whose sampling raises gets the exception, the others their token.
+
+        The batch is sampled in one call; only when that raises is each row sampled alone, to
+        find the row at fault.
+        """
+        from model_runner import sample
+
+        try:
+            return list(sample(logits, [s.sampler for s in seqs]))
+        except Exception:
+            out: list[Any] = []
+            for i, seq in enumerate(seqs):
+                try:
+                    out.extend(sample(logits[i : i + 1], [seq.sampler]))
+                except Exception as exc:
+                    out.append(exc)
+            return out
 
     def _emit(self, seqs: list[_Seq], sampled: list[Any]) -> None:
         for seq, s in zip(seqs, sampled):
+            if isinstance(s, BaseException):
+                logger.warning("Request %s failed in sampling: %s: %s", seq.request.request_id, type(s).__name__, s)
+                seq.error = SequenceFailed(f"sampling failed ({type(s).__name__}: {s})")
+                continue
             seq.generated += 1
             seq.context_len += 1
             seq.last_token = s.token
@@ -363,10 +442,10 @@ class EngineCore:
 
     def _retire(self) -> None:
         """Deliver pending events and drop finished rows from the batch at once."""
-        if not any(s.finish for s in self._running):
+        if not any(s.done for s in self._running):
             return
         self._flush()
-        keep = [i for i, s in enumerate(self._running) if s.finish is None]
+        keep = [i for i, s in enumerate(self._running) if not s.done]
         self._finished += len(self._running) - len(keep)
         self._runner.keep_rows(keep)
         with self._lock:
@@ -379,6 +458,8 @@ class EngineCore:
             if seq.events:
                 out.append((seq.handle, seq.events))
                 seq.events = []
+            if seq.error is not None:
+                out.append((seq.handle, seq.error))
         self._sink(out)
 
 

@@ -97,3 +97,11 @@ class EngineShuttingDown(EngineError):
 
 class EngineNotReady(EngineError):
     """The model is still loading (or failed to load): answer 503."""
+
+
+class SequenceFailed(EngineError):
+    """One sequence failed on its own (its sampler state, bias, seed, prompt); the batch went on."""
+
+
+class EngineFault(EngineError):
+    """A model step failed; every sequence that was part of it ends with this error."""

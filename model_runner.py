@@ -132,10 +132,21 @@ class ModelRunner:
         self._trim(self.batch)
 
     # --- forward passes --------------------------------------------------------------------------
-    @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run the prompts (left-padded together), append them to the batch; return last logits [n, V].
+        """Run the prompts (left-padded together), append them to the batch; return last logits [n, V]."""
+        logits, new = self.prefill_apart(prompts)
+        self.join(new)
+        return logits
 
+    def join(self, new: Batch) -> None:
+        """Merge prefilled rows into the running batch."""
+        self.batch = new if self.batch is None else self._merge(self.batch, new)
+
+    @torch.inference_mode()
+    def prefill_apart(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, Batch]:
+        """Run the prompts (left-padded together) in a cache of their own; (last logits [n, V], their rows).
+
+        The running batch is not touched until :meth:`join`, so a failure here is theirs alone.
         Logits stay in the model's dtype: the sampler converts only the rows that need it.
         """
         length = max(len(p) for p in prompts)
@@ -155,16 +166,14 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        new = Batch(cache, mask, mask.sum(-1))
-        self.batch = new if self.batch is None else self._merge(self.batch, new)
-        return out.logits[:, -1]
+        return out.logits[:, -1], Batch(cache, mask, mask.sum(-1))
 
     @torch.inference_mode()
-    def prefill_chunk(self, job: "ChunkedPrefill", budget: int) -> torch.Tensor | None:
+    def prefill_chunk(self, job: "ChunkedPrefill", budget: int) -> tuple[torch.Tensor, Batch] | None:
         """Prefill the next ``budget`` tokens of a long prompt in its own cache.
 
         Long prompts are split over several engine steps so running streams keep getting a
-        token every step. Returns the last logits [1, V] (and joins the batch) once done.
+        token every step. Once done, returns the last logits [1, V] and the row to :meth:`join`.
         """
         start = job.done
         chunk = job.prompt[start : start + budget]
@@ -181,9 +190,7 @@ class ModelRunner:
         if job.done < len(job.prompt):
             return None
         mask = torch.ones((1, len(job.prompt)), dtype=torch.long, device=self.device)
-        new = Batch(job.cache, mask, mask.sum(-1))
-        self.batch = new if self.batch is None else self._merge(self.batch, new)
-        return out.logits[:, -1]
+        return out.logits[:, -1], Batch(job.cache, mask, mask.sum(-1))
 
     def start_chunked(self, prompt: Sequence[int]) -> "ChunkedPrefill":
         return ChunkedPrefill(list(prompt), DynamicCache(config=self.config))
@@ -484,7 +491,10 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
                 s.top = tuple(zip(idx.tolist(), vals.tolist()))
             else:
                 s.top = ()
-        st.observe(out[i].token)  # type: ignore[union-attr]
+    # Only once every row has its token: a failed call leaves no state changed, so the engine
+    # can sample the rows again one by one to find the one at fault.
+    for st, s in zip(states, out):
+        st.observe(s.token)  # type: ignore[union-attr]
     return out  # type: ignore[return-value]
 
 

@@ -1,0 +1,140 @@
+"""Fault isolation in the engine: a failure that belongs to one sequence fails that sequence alone.
+
+Requests here bypass the API's validation on purpose (the API refuses these values with a 400):
+the engine must survive whatever reaches it. Running neighbours must produce exactly the tokens
+they produce alone, and every failed request must get its error promptly (no hang).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import model_runner
+from engine_types import EngineFault, GenerationRequest, SamplingParams, SequenceFailed
+from tests.test_engine import PROMPTS, collect, greedy, make_engine, model  # noqa: F401  (fixture)
+
+NEIGHBOUR_TOKENS = 40
+
+
+async def _run_beside(engine, bad: GenerationRequest, delay: float = 0.05):
+    """Four greedy neighbours plus ``bad`` submitted once they run; (neighbour tokens, bad outcome, seconds)."""
+    neighbours = [asyncio.create_task(collect(engine, p, greedy(NEIGHBOUR_TOKENS))) for p in PROMPTS]
+    await asyncio.sleep(delay)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        outcome: object = [ev async for ev in engine.submit(bad)]
+    except Exception as exc:  # the failure, as the route would see it
+        outcome = exc
+    took = loop.time() - started
+    return await asyncio.gather(*neighbours), outcome, took
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_tokens=8, logit_bias={99999999999999999999: 1.0}),  # overflows torch.tensor
+        SamplingParams(max_tokens=8, temperature=1.0, seed=2**64),  # seed + 1 for a second choice
+        SamplingParams(max_tokens=8, temperature=1.0, seed=-(2**63) - 1),
+    ],
+    ids=["logit_bias_overflow", "seed_overflow", "seed_underflow"],
+)
+async def test_bad_sampling_params_fail_alone(model, params):
+    engine = make_engine(model)
+    try:
+        alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS]
+        got, outcome, took = await _run_beside(engine, GenerationRequest(list(PROMPTS[0]), params))
+        assert isinstance(outcome, SequenceFailed), outcome
+        assert took < 1.0
+        assert got == alone
+        assert await collect(engine, PROMPTS[2], greedy(5)) == alone[2][:5]  # still serving
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_prompt_outside_the_vocabulary_fails_alone(model):
+    engine = make_engine(model)
+    try:
+        alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS]
+        bad = GenerationRequest([1, 2, model.config.vocab_size + 5], greedy(4))
+        got, outcome, took = await _run_beside(engine, bad)
+        assert isinstance(outcome, SequenceFailed) and "prompt token ids" in str(outcome)
+        assert took < 1.0 and got == alone
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_raising_sampler_fails_only_its_row(model, monkeypatch):
+    """A sampler fault in the middle of a running batch: that row leaves, the others go on."""
+    real = model_runner._processed_row
+    calls = {"n": 0}
+
+    def flaky(row, st):
+        if st.params.presence_penalty == 0.5:  # only the victim has this
+            calls["n"] += 1
+            if calls["n"] >= 3:  # after two good tokens, every time
+                raise RuntimeError("injected sampler fault")
+        return real(row, st)
+
+    monkeypatch.setattr(model_runner, "_processed_row", flaky)
+    engine = make_engine(model)
+    try:
+        alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS]
+        victim = GenerationRequest(list(PROMPTS[1]), SamplingParams(max_tokens=30, temperature=0, presence_penalty=0.5))
+        events = []
+        neighbours = [asyncio.create_task(collect(engine, p, greedy(NEIGHBOUR_TOKENS))) for p in PROMPTS]
+        await asyncio.sleep(0.05)
+        with pytest.raises(SequenceFailed, match="injected sampler fault"):
+            async for ev in engine.submit(victim):
+                events.append(ev)
+        assert len(events) == 2  # the tokens it had before the fault were delivered
+        assert await asyncio.gather(*neighbours) == alone
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_prefill_fault_fails_only_the_admitted(model, monkeypatch):
+    engine = make_engine(model)
+    runner = engine._core._runner
+    real = runner.prefill_apart
+
+    def failing(prompts):
+        if any(p[:3] == [7, 7, 7] for p in prompts):
+            raise RuntimeError("injected prefill fault")
+        return real(prompts)
+
+    monkeypatch.setattr(runner, "prefill_apart", failing)
+    try:
+        alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS]
+        got, outcome, took = await _run_beside(engine, GenerationRequest([7, 7, 7, 8], greedy(4)))
+        assert isinstance(outcome, SequenceFailed) and took < 1.0
+        assert got == alone
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_model_step_fault_fails_the_batch_and_nobody_hangs(model, monkeypatch):
+    """Only a fault of the model step fails the batch: every request in it gets an error event."""
+    engine = make_engine(model)
+    runner = engine._core._runner
+    real = runner.decode
+    state = {"steps": 0}
+
+    def failing(tokens):
+        state["steps"] += 1
+        if state["steps"] == 5:
+            raise RuntimeError("injected decode fault")
+        return real(tokens)
+
+    monkeypatch.setattr(runner, "decode", failing)
+    try:
+        tasks = [asyncio.create_task(collect(engine, p, greedy(NEIGHBOUR_TOKENS))) for p in PROMPTS]
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        assert all(isinstance(r, EngineFault) for r in results), results
+        # The engine goes on with new requests afterwards.
+        assert len(await collect(engine, PROMPTS[2], greedy(6))) == 6
+        assert engine.stats().running == 0
+    finally:
+        await engine.shutdown(1)
