@@ -821,7 +821,11 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
-class Usage(BaseModel):
+class Usage(_OmitNone):
+    """Token counts; the details objects are left out when unknown (OpenAI's schema: not nullable)."""
+
+    _omit_if_none = frozenset({"completion_tokens_details", "prompt_tokens_details"})
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -858,9 +862,13 @@ def _now() -> int:
 
 
 class ChatMessage(_OmitNone):
-    """The assistant message of a non-streamed choice."""
+    """The assistant message of a non-streamed choice.
 
-    _omit_if_none = frozenset({"reasoning_content", "reasoning"})
+    ``content`` and ``refusal`` are required-but-nullable in OpenAI's schema, so they stay as
+    ``null``; ``tool_calls`` is optional and not nullable, so it is left out when there are none.
+    """
+
+    _omit_if_none = frozenset({"tool_calls", "reasoning_content", "reasoning"})
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -880,7 +888,11 @@ class ChatChoice(BaseModel):
     finish_reason: ChatFinishReason
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_OmitNone):
+    """A non-streamed chat completion; fields OpenAI marks optional and non-nullable are omitted."""
+
+    _omit_if_none = frozenset({"system_fingerprint", "usage"})
+
     id: str
     choices: list[ChatChoice]
     created: int = Field(default_factory=_now)
@@ -931,7 +943,12 @@ class ChunkChoice(BaseModel):
     finish_reason: ChatFinishReason | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_OmitNone):
+    """A chat stream chunk. ``usage`` is nullable in OpenAI's chunk schema and stays ``null`` in
+    every chunk but the usage one, as OpenAI sends it; ``system_fingerprint`` is not nullable."""
+
+    _omit_if_none = frozenset({"system_fingerprint"})
+
     id: str
     choices: list[ChunkChoice]
     created: int = Field(default_factory=_now)
@@ -952,8 +969,14 @@ class CompletionChoice(BaseModel):
     finish_reason: CompletionFinishReason | None = None  # None only in stream chunks
 
 
-class Completion(BaseModel):
-    """Legacy completion; streamed chunks have the same shape (as OpenAI's do)."""
+class Completion(_OmitNone):
+    """Legacy completion; streamed chunks have the same shape (as OpenAI's do).
+
+    ``usage`` and ``system_fingerprint`` are optional and not nullable in OpenAI's schema, so
+    they are left out when None (every chunk but the usage one).
+    """
+
+    _omit_if_none = frozenset({"system_fingerprint", "usage"})
 
     id: str
     choices: list[CompletionChoice]
@@ -968,7 +991,9 @@ class Completion(BaseModel):
         return f"data: {self.model_dump_json()}\n\n"
 
 
-class ModelCard(BaseModel):
+class ModelCard(_OmitNone):
+    _omit_if_none = frozenset({"max_model_len"})
+
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 import protocol as P
 from engine_types import SamplingParams
 from errors import APIError
+from tests import openai_schema as S
+from tests.openai_schema import validate_response
 
 USER = {"role": "user", "content": "Hello"}
 
@@ -598,7 +600,6 @@ def test_chat_message_json_shape() -> None:
         "role": "assistant",
         "content": "Hi!",
         "refusal": None,
-        "tool_calls": None,
         "reasoning_content": "The user greets me.",
     }
     assert "reasoning_content" not in second["message"] and second["message"]["reasoning"] == "Need the weather."
@@ -633,7 +634,6 @@ def test_chunk_sse_json_is_exact() -> None:
         "created": 1700000000,
         "model": "gpt-oss-20b",
         "object": "chat.completion.chunk",
-        "system_fingerprint": None,
         "usage": None,
     }
     middle = sse_json(chunk(P.ChoiceDelta(content="Hel")).to_sse())
@@ -665,8 +665,6 @@ def test_usage_chunk_and_sdk_parse_of_chunks() -> None:
         "prompt_tokens": 3,
         "completion_tokens": 4,
         "total_tokens": 7,
-        "completion_tokens_details": None,
-        "prompt_tokens_details": None,
     }
     expected = SDKUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
     assert SDKChatCompletionChunk.model_validate(data).usage == expected
@@ -716,8 +714,6 @@ def test_completion_stream_chunk_json() -> None:
         "created": 1,
         "model": "m",
         "object": "text_completion",
-        "system_fingerprint": None,
-        "usage": None,
     }
 
 
@@ -743,6 +739,195 @@ def test_model_card_and_list() -> None:
 def test_error_response_mirrors_api_error() -> None:
     err = APIError(400, "temperature: too hot", param="temperature", code="invalid_value")
     assert P.ErrorResponse.from_api_error(err).model_dump() == err.body()
+
+
+# ------------------------------------------------------------------------------------------------
+# Responses against OpenAI's published OpenAPI spec (tests/openai_schema.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def wire(model: Any) -> Any:
+    """What goes over the wire: the model's JSON, parsed back."""
+    return json.loads(model.model_dump_json())
+
+
+def tool_call(i: int = 1) -> P.ToolCall:
+    return P.ToolCall(id=f"call_{i}", function=P.FunctionCall(name="get_weather", arguments='{"city":"Paris"}'))
+
+
+def minimal_chat_completion(**message: Any) -> P.ChatCompletion:
+    return P.ChatCompletion(
+        id="chatcmpl-2",
+        model="gpt-oss-20b",
+        choices=[P.ChatChoice(index=0, message=P.ChatMessage(**message), finish_reason="stop")],
+    )
+
+
+CHAT_COMPLETIONS = {
+    "full": full_chat_completion,
+    "bare": lambda: minimal_chat_completion(content="x"),
+    "null content, no usage": lambda: minimal_chat_completion(),
+    "two tool calls": lambda: minimal_chat_completion(tool_calls=[tool_call(1), tool_call(2)]),
+    "both reasoning fields": lambda: minimal_chat_completion(content="a", reasoning_content="r", reasoning="r"),
+    "usage without details": lambda: minimal_chat_completion(content="a").model_copy(
+        update={"usage": P.Usage.build(1, 2)}
+    ),
+    "empty logprobs": lambda: P.ChatCompletion(
+        id="c",
+        model="m",
+        choices=[
+            P.ChatChoice(
+                index=0, message=P.ChatMessage(content=""), logprobs=P.ChoiceLogprobs(content=[]), finish_reason="length"
+            )
+        ],
+        usage=P.Usage.build(1, 0, reasoning_tokens=0),
+    ),
+}
+
+
+@pytest.mark.parametrize("build", CHAT_COMPLETIONS.values(), ids=CHAT_COMPLETIONS.keys())
+def test_chat_completions_match_openai_schema(build: Any) -> None:
+    validate_response(S.CHAT_COMPLETION, wire(build()))
+
+
+def logprob_entry() -> P.TokenLogprob:
+    return P.TokenLogprob(token="Hi", logprob=-0.1, bytes=[72, 105], top_logprobs=[top("Hi", -0.1), top("Yo", -3.0)])
+
+
+CHAT_CHUNKS = {
+    "role": lambda: chunk(P.ChoiceDelta(role="assistant", content="")),
+    "content": lambda: chunk(P.ChoiceDelta(content="Hel")),
+    "reasoning": lambda: chunk(P.ChoiceDelta(reasoning_content="hmm", reasoning="hmm")),
+    "tool call opening": lambda: chunk(
+        P.ChoiceDelta(
+            tool_calls=[
+                P.ToolCallDelta(
+                    index=0, id="call_1", type="function", function=P.ToolCallFunctionDelta(name="f", arguments="")
+                )
+            ]
+        )
+    ),
+    "tool call arguments": lambda: chunk(
+        P.ChoiceDelta(tool_calls=[P.ToolCallDelta(index=0, function=P.ToolCallFunctionDelta(arguments='{"a":'))])
+    ),
+    "logprobs": lambda: P.ChatCompletionChunk(
+        id="c",
+        model="m",
+        choices=[
+            P.ChunkChoice(
+                index=1, delta=P.ChoiceDelta(content="Hi"), logprobs=P.ChoiceLogprobs(content=[logprob_entry()])
+            )
+        ],
+    ),
+    "finish": lambda: chunk(P.ChoiceDelta(), finish_reason="tool_calls"),
+    "usage": lambda: P.ChatCompletionChunk(id="c", model="m", choices=[], usage=P.Usage.build(3, 4, reasoning_tokens=2)),
+    "fingerprint": lambda: chunk(P.ChoiceDelta(content="x"), system_fingerprint="fp_1"),
+}
+
+
+@pytest.mark.parametrize("build", CHAT_CHUNKS.values(), ids=CHAT_CHUNKS.keys())
+def test_chat_chunks_match_openai_schema(build: Any) -> None:
+    validate_response(S.CHAT_COMPLETION_CHUNK, sse_json(build().to_sse()))
+
+
+def echoed_completion() -> P.Completion:
+    """echo + logprobs: the first prompt token has no logprob (null, as OpenAI sends it)."""
+    return P.Completion(
+        id="cmpl-2",
+        model="m",
+        choices=[
+            P.CompletionChoice(
+                text="Once upon",
+                index=0,
+                logprobs=P.CompletionLogprobs(
+                    tokens=["Once", " upon"],
+                    token_logprobs=[None, -1.5],
+                    top_logprobs=[None, {" upon": -1.5}],
+                    text_offset=[0, 4],
+                ),
+                finish_reason="length",
+            )
+        ],
+        usage=P.Usage.build(1, 1),
+    )
+
+
+COMPLETIONS = {
+    "full": full_completion,
+    "echo with logprobs": echoed_completion,
+    "no usage": lambda: P.Completion(
+        id="c", model="m", choices=[P.CompletionChoice(text="", index=0, finish_reason="stop")]
+    ),
+}
+
+
+@pytest.mark.parametrize("build", COMPLETIONS.values(), ids=COMPLETIONS.keys())
+def test_completions_match_openai_schema(build: Any) -> None:
+    validate_response(S.COMPLETION, wire(build()))
+
+
+COMPLETION_CHUNKS = {
+    "text": lambda: P.Completion(id="c", model="m", choices=[P.CompletionChoice(text="a", index=0)]),
+    "last": lambda: full_completion(finish_reason="stop").model_copy(update={"usage": None}),
+    "usage": lambda: P.Completion(id="c", model="m", choices=[], usage=P.Usage.build(4, 2)),
+}
+
+
+@pytest.mark.parametrize("build", COMPLETION_CHUNKS.values(), ids=COMPLETION_CHUNKS.keys())
+def test_completion_chunks_match_openai_schema(build: Any) -> None:
+    validate_response(S.COMPLETION, sse_json(build().to_sse()), chunk=True)
+
+
+@pytest.mark.parametrize("max_model_len", [None, 131072])
+def test_models_match_openai_schema(max_model_len: int | None) -> None:
+    card = P.ModelCard(id="gpt-oss-20b", owned_by="openai", max_model_len=max_model_len, random_weights=True)
+    validate_response(S.MODEL, wire(card))
+    validate_response(S.MODEL_LIST, wire(P.ModelList(data=[card])))
+    assert ("max_model_len" in wire(card)) is (max_model_len is not None)
+
+
+@pytest.mark.parametrize(
+    "schema,break_it,where",
+    [
+        (S.CHAT_COMPLETION, lambda b: b.update(system_fingerprint=None), "$.system_fingerprint"),
+        (S.CHAT_COMPLETION, lambda b: b["usage"].update(prompt_tokens_details=None), "$.usage.prompt_tokens_details"),
+        (S.CHAT_COMPLETION, lambda b: b["choices"][0]["message"].update(tool_calls=None), "tool_calls"),
+        (S.CHAT_COMPLETION, lambda b: b["choices"][0].pop("logprobs"), "$.choices[0]"),
+        (S.CHAT_COMPLETION, lambda b: b.update(usage=None), "$.usage"),
+    ],
+    ids=["system_fingerprint", "prompt_tokens_details", "tool_calls", "missing logprobs", "usage"],
+)
+def test_schema_check_rejects_nulls_openai_forbids(schema: str, break_it: Any, where: str) -> None:
+    """The check can fail: bodies like the ones we used to send are caught."""
+    body = wire(full_chat_completion())
+    validate_response(schema, body)
+    break_it(body)
+    errors = S.schema_errors(schema, body)
+    assert errors and any(where in e for e in errors), errors
+    with pytest.raises(S.SchemaMismatch):
+        validate_response(schema, body)
+
+
+def test_schema_check_rejects_chunk_and_model_breakage() -> None:
+    assert S.schema_errors(S.CHAT_COMPLETION_CHUNK, {**wire(CHAT_CHUNKS["content"]()), "system_fingerprint": None})
+    assert S.schema_errors(S.CHAT_COMPLETION_CHUNK, {**wire(CHAT_CHUNKS["usage"]()), "usage": {"prompt_tokens": 1}})
+    # A legacy chunk's null finish_reason is fine as a chunk, not in a final response.
+    text_chunk = wire(COMPLETION_CHUNKS["text"]())
+    assert S.schema_errors(S.COMPLETION, text_chunk, chunk=True) == []
+    assert S.schema_errors(S.COMPLETION, text_chunk)
+    assert S.schema_errors(S.MODEL, {"id": "m", "object": "model", "owned_by": "openai"})  # no created
+
+
+def test_schema_check_strips_only_our_documented_extensions() -> None:
+    body = wire(minimal_chat_completion(content="a", reasoning_content="r", reasoning="r"))
+    stripped = S.strip_extensions(S.CHAT_COMPLETION, body)
+    assert "reasoning_content" in body["choices"][0]["message"]  # the input is left alone
+    assert stripped["choices"][0]["message"] == {"role": "assistant", "content": "a", "refusal": None}
+    card = {"id": "m", "object": "model", "created": 1, "owned_by": "o", "max_model_len": 8, "random_weights": False}
+    assert S.strip_extensions(S.MODEL, card) == {"id": "m", "object": "model", "created": 1, "owned_by": "o"}
+    # A wrongly typed OpenAI field next to an extension is still caught.
+    bad = {**card, "created": "yesterday"}
+    assert S.schema_errors(S.MODEL, bad)
 
 
 # ------------------------------------------------------------------------------------------------
