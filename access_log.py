@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from routes import find_route
 from settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -127,13 +128,17 @@ def format_line(fields: Mapping[str, Any], fmt: str = "logfmt") -> str:
 
 
 def _record_metrics(record: AccessRecord, settings: Settings) -> None:
-    from metrics import get_metrics, record_request
+    from metrics import HIDDEN_KEY, get_metrics, record_request
+
+    if find_route(record.path) is None:  # anyone can send these: they must not move /metrics
+        return
 
     record_request(
         get_metrics(),
         endpoint=record.path,
         status=record.status,
-        key=record.key,
+        # Key names are often people's e-mail addresses: only where the operator asked for them.
+        key=record.key if settings.metrics_key_names else HIDDEN_KEY,
         # One model is served; its name bounds the label (the requested one could be anything).
         model=settings.served_model_name if record.model is not None else None,
         prompt_tokens=record.prompt_tokens,

@@ -6,13 +6,16 @@ lazily, in the worker (``get_metrics()``), never at import time: ``bentoml serve
 service.py in the arbiter, which has no multiprocess directory. Gauges say how to merge
 workers (``livesum``: the sum over live workers, each with its own engine).
 
-Label cardinality stays bounded: keys are named in the keys file, the model is the one served,
-endpoints are a fixed set (anything else is ``other``).
+Label cardinality stays bounded: keys are named in the keys file (and exported only with
+``GPTOSS_METRICS_KEY_NAMES``), the model is the one served, endpoints are the routes table's
+(anything else is ``other``). BentoML's own HTTP metrics, which label every series with the raw
+request path, are turned off in service.py; this module serves ``/metrics`` itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,6 +34,7 @@ ITL_BUCKETS = (
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/generate")
 MODEL_DETAIL_ENDPOINT = "/v1/models/{model}"
 NO_KEY = "anonymous"  # key label when authentication is disabled or the key is unknown
+HIDDEN_KEY = "-"  # key label when key names are not exported (GPTOSS_METRICS_KEY_NAMES=false)
 
 
 def endpoint_label(path: str) -> str:
@@ -40,6 +44,19 @@ def endpoint_label(path: str) -> str:
     if path.startswith("/v1/models/"):
         return MODEL_DETAIL_ENDPOINT
     return "other"
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every worker's metrics (multiprocess mode under BentoML) and its type."""
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = prom.REGISTRY
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
 
 
 @dataclass

@@ -13,13 +13,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from access_log import note, note_prompt
 from auth import charge_tokens, check_model_access, get_principal
-from engine_types import EngineNotReady, EngineOverloaded, EngineShuttingDown
-from errors import APIError, error_body
+from engine_types import EngineError, EngineNotReady
+from errors import APIError, api_error_from
+from metrics import exposition
 from protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -55,7 +56,8 @@ def attach_backend(backend: Backend) -> None:
 
 
 def _backend(request: Request) -> Backend:
-    backend: Backend | None = getattr(request.app.state, "backend", None)
+    # This app's state, also when the request came through BentoML's own `generate` route.
+    backend: Backend | None = getattr(app.state, "backend", None)
     if backend is None or not backend.engine.ready:
         raise EngineNotReady("the model is still loading")
     return backend
@@ -69,7 +71,7 @@ def _charge(request: Request, tokens: int) -> None:
     charge_tokens(get_principal(request), tokens)
 
 
-def _finish(request: Request, job: Any) -> None:
+def finish_job(request: Request, job: Any) -> None:
     """After a generation: charge the key's token budget and tell the access log the usage."""
     usage = job.usage()
     _charge(request, usage["total_tokens"])
@@ -99,27 +101,14 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _json_error(APIError(exc.status_code, str(exc.detail), code=code))
 
 
-@app.exception_handler(EngineOverloaded)
-async def _overloaded(_: Request, exc: EngineOverloaded) -> JSONResponse:
-    return _json_error(
-        APIError(429, f"Server is busy: {exc}. Retry shortly.", code="server_overloaded", headers={"Retry-After": "1"})
-    )
-
-
-@app.exception_handler(EngineShuttingDown)
-async def _shutting_down(_: Request, exc: EngineShuttingDown) -> JSONResponse:
-    return _json_error(APIError(503, f"{exc}.", code="shutting_down", headers={"Retry-After": "5"}))
-
-
-@app.exception_handler(EngineNotReady)
-async def _not_ready(_: Request, exc: EngineNotReady) -> JSONResponse:
-    return _json_error(APIError(503, f"Not ready: {exc}.", code="model_not_ready", headers={"Retry-After": "5"}))
+@app.exception_handler(EngineError)
+async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+    return _json_error(api_error_from(exc))
 
 
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    logger.exception("Unhandled error")
-    return JSONResponse(error_body("Internal server error.", "server_error", None, "internal_error"), status_code=500)
+    return _json_error(api_error_from(exc))
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -130,6 +119,13 @@ async def health(request: Request) -> dict[str, str]:
     """Liveness + readiness: 200 once the model is loaded, 503 while it loads."""
     _backend(request)
     return {"status": "ok"}
+
+
+@app.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of every worker (a key is needed unless GPTOSS_PUBLIC_METRICS is on)."""
+    body, content_type = await asyncio.to_thread(exposition)
+    return Response(body, media_type=content_type)
 
 
 def _model_card(backend: Backend) -> ModelCard:
@@ -175,7 +171,7 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
                 async for line in job.sse():
                     yield line
             finally:
-                _finish(request, job)
+                finish_job(request, job)
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     watcher = asyncio.create_task(_watch_disconnect(request, job.cancel))
@@ -183,17 +179,25 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
         return await job.response()
     finally:
         watcher.cancel()
-        _finish(request, job)
+        finish_job(request, job)
 
 
-async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:
-    """What both generation routes do: check model and key, start the job, answer."""
+async def start_job(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+    """What every generation entry point does first: check model and key, start the job.
+
+    The chat and completions routes and the native ``generate`` API all come through here;
+    :func:`finish_job` is the other half.
+    """
     note(request, model=body.model, stream=bool(body.stream))
     backend = _backend(request)
     note_prompt(request, backend.settings, prompt)
     check_model(backend, body.model)
     _authorize_model(request, body.model)
-    job = handler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
+    return await handler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
+
+
+async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+    job = await start_job(request, body, handler, prompt)
     return await _respond(request, job, bool(body.stream))
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -13,16 +14,17 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
-from access_log import AccessLogMiddleware, note
-from auth import AuthMiddleware, charge_tokens, get_principal, install_sighup_handler, validate_auth_config
-from engine_types import GenerationRequest, SamplingParams
-from harmony_mapping import ChatStreamParser, render_simple_chat
+from access_log import AccessLogMiddleware
+from auth import AuthMiddleware, install_sighup_handler, validate_auth_config
+from errors import api_error_from
 from harmony_vocab import load_encoding
+from http_guard import RequestGuardMiddleware
 from loader import build_engine, engine_config
 from metrics import EngineGauges, TokenTimings
 from openai_compat import app as openai_app
-from openai_compat import attach_backend
-from serving import Backend, TokenClock
+from openai_compat import attach_backend, finish_job, start_job
+from protocol import ChatCompletionRequest, parse_request
+from serving import Backend, ChatHandler
 from settings import Settings, configure_logging, get_settings
 
 logger = logging.getLogger("gptoss")
@@ -70,9 +72,13 @@ if "build" not in sys.argv[1:3]:
     # The image runs the experts in bf16 (~42 GB; MXFP4 kernels are not installable yet), so an
     # 80 GB GPU with ~30 GB of KV cache; with MXFP4 a 24 GB L4 would do (deploy/README.md).
     resources={"gpu": 1, "gpu_type": _SETTINGS.gpu_type},
-    traffic={"timeout": 600, "concurrency": traffic_concurrency(_SETTINGS)},
+    # BentoML's own timeout sits above ours, so a client sees our OpenAI-shaped answer, not a cut.
+    traffic={"timeout": _SETTINGS.request_timeout + 30, "concurrency": traffic_concurrency(_SETTINGS)},
     # access_log.py writes one richer line per request (key name, tokens); BentoML's would repeat it.
     logging={"access": {"enabled": False}},
+    # BentoML's HTTP metrics label series with the raw request path: anyone could grow /metrics
+    # without bound. metrics.py serves ours (bounded labels) on /metrics instead.
+    metrics={"enabled": False},
 )
 @bentoml.asgi_app(openai_app, path="/")
 class GptOss:
@@ -97,10 +103,19 @@ class GptOss:
             self.engine.stats, settings.served_model_name, kv_capacity=self.engine.config.kv_cache_tokens
         )
         self.gauges.start()
-        self.observer = TokenTimings(settings.served_model_name)
         attach_backend(
-            Backend(self.engine, self.encoding, settings, random_weights=settings.is_tiny, observer=self.observer)
+            Backend(
+                self.engine,
+                self.encoding,
+                settings,
+                random_weights=settings.is_tiny,
+                observer=TokenTimings(settings.served_model_name),
+            )
         )
+
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: 503 until the model is loaded and the engine serves (then /health is 200)."""
+        return bool(self.engine.ready)
 
     def _checkpoint(self) -> str | None:
         """The pinned checkpoint's local directory, or None to let the loader resolve GPTOSS_MODEL."""
@@ -115,38 +130,41 @@ class GptOss:
     async def generate(
         self, prompt: str, ctx: bentoml.Context, max_tokens: int = 512, temperature: float = 1.0
     ) -> AsyncGenerator[str, None]:
-        """Stream the answer (final channel) to one user message, as text."""
-        principal = get_principal(ctx.request)
-        note(ctx.request, model=self.settings.served_model_name, stream=True)
-        rendered = render_simple_chat(prompt, encoding=self.encoding)
-        room = self.engine.max_context - len(rendered.prompt_ids)
-        if room < 1:
-            raise bentoml.exceptions.InvalidArgument("prompt is longer than the context window")
-        params = SamplingParams(
-            max_tokens=max(1, min(max_tokens, room)),
-            temperature=max(0.0, temperature),
-            stop_token_ids=rendered.stop_token_ids,
-        )
-        key_name = principal.name if principal is not None else None
-        stream = self.engine.submit(GenerationRequest(rendered.prompt_ids, params, key_name=key_name))
-        clock = TokenClock(self.observer)
-        parser = ChatStreamParser(self.encoding, prefill_ids=rendered.prefill_ids)
-        generated = 0
+        """Stream the answer (final channel) to one user message, as text.
+
+        The same chat path as ``/v1/chat/completions`` (validation, key checks, engine, Harmony
+        parsing). Errors before the first token answer with their status and an OpenAI-shaped
+        body; a text stream cannot carry one after that, so a later failure ends the stream.
+        """
+        request = ctx.request
         try:
-            async for ev in stream:
-                if ev.token_id >= 0:
-                    clock.tick()
-                generated += ev.token_id >= 0
-                deltas = parser.feed(ev.token_id) if ev.token_id >= 0 else []
-                if ev.finish_reason is not None:
-                    deltas += parser.finish(ev.finish_reason)
-                text = "".join(d.text for d in deltas if d.kind == "content")
+            body = parse_request(
+                ChatCompletionRequest,
+                {
+                    "model": self.settings.served_model_name,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "stream": True,
+                },
+            )
+            job = await start_job(request, body, ChatHandler, lambda: prompt)
+        except Exception as exc:
+            err = api_error_from(exc)
+            ctx.response.status_code = err.status
+            ctx.response.metadata.update({"content-type": "application/json", **err.headers})
+            yield json.dumps(err.body())
+            return
+        try:
+            async for piece in job.pieces():
+                text = piece.delta.get("content")
                 if text:
                     yield text
+        except Exception as exc:  # already streaming: log it; the client sees the text end
+            logger.warning("generate: the stream ended early: %s", api_error_from(exc).message)
         finally:
-            stream.cancel()
-            charge_tokens(principal, len(rendered.prompt_ids) + generated)
-            note(ctx.request, prompt_tokens=len(rendered.prompt_ids), completion_tokens=generated)
+            job.cancel()
+            finish_job(request, job)
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
@@ -155,7 +173,9 @@ class GptOss:
         self.gauges.stop()
 
 
-# Order matters: the first added is the outermost. The access log wraps auth, so it also logs
-# 401/403/429 answers and reads the key name that auth stores in scope["state"].
+# Order matters: the first added is the outermost. The access log wraps the rest, so it also
+# logs the guard's 404/413 and auth's 401/403/429 answers, and reads the key name that auth
+# stores in scope["state"]. The guard answers unknown paths before any key check.
 GptOss.add_asgi_middleware(AccessLogMiddleware)
+GptOss.add_asgi_middleware(RequestGuardMiddleware)
 GptOss.add_asgi_middleware(AuthMiddleware)

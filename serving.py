@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol, Sequence
 
 from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
-from errors import APIError, bad_request
+from errors import APIError, api_error_from, bad_request
 from harmony_vocab import ENDOFTEXT_TOKEN, HARMONY_VOCAB_SIZE
 from harmony_mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
 from protocol import (
@@ -26,6 +26,7 @@ from protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    SSE_DONE,
     to_sampling_params,
 )
 from settings import Settings
@@ -79,6 +80,11 @@ class Backend:
 
 # --------------------------------------------------------------------------------------------------
 # shared helpers
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error that happens after a stream's headers went out, as an SSE event in OpenAI's shape."""
+    return f"data: {json.dumps(api_error_from(exc).body())}\n\n"
 
 
 def check_model(backend: Backend, model: str | None) -> None:
@@ -302,16 +308,20 @@ class ChatHandler:
         mode = self.backend.settings.reasoning_field
         return ("reasoning_content", "reasoning") if mode == "both" else (mode,)
 
-    def start(self, req: ChatCompletionRequest, key_name: str | None = None) -> "ChatJob":
-        b = self.backend  # the route has checked the model (before the key's model access)
+    def _render(self, req: ChatCompletionRequest) -> Any:
         dumped = req.model_dump(exclude_none=True)
-        rendered = render_chat(
+        return render_chat(
             dumped["messages"],
-            encoding=b.encoding,
+            encoding=self.backend.encoding,
             tools=dumped.get("tools"),
             tool_choice=dumped.get("tool_choice"),
             reasoning_effort=req.effective_reasoning_effort(),
         )
+
+    async def start(self, req: ChatCompletionRequest, key_name: str | None = None) -> "ChatJob":
+        b = self.backend  # the route has checked the model (before the key's model access)
+        # Rendering and tokenising a large conversation takes a while: off the event loop.
+        rendered = await asyncio.to_thread(self._render, req)
         prompt = rendered.prompt_ids
         max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
         runs = []
@@ -421,6 +431,10 @@ class ChatJob(_Job):
             }
         )
 
+    def pieces(self) -> AsyncIterator[ChatPiece]:
+        """Every choice's pieces, as they come."""
+        return _merge([r.pieces() for r in self.runs])
+
     async def sse(self) -> AsyncIterator[str]:
         """SSE lines: a role chunk per choice, deltas as generated, finish chunks, usage, [DONE]."""
         include_usage = bool(self.request.stream_options and self.request.stream_options.include_usage)
@@ -449,11 +463,11 @@ class ChatJob(_Job):
                 yield chunk([{"index": r.index, "delta": {}, "finish_reason": r.finish_reason or "stop"}])
             if include_usage:
                 yield chunk([], self.usage())
-        except APIError as err:
-            yield f"data: {json.dumps(err.body())}\n\n"
+        except Exception as exc:  # headers are sent: the error goes in the stream, then [DONE]
+            yield sse_error(exc)
         finally:
             self.cancel()
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -540,9 +554,9 @@ class CompletionHandler:
             raise bad_request(f"prompt token ids must be in [0, {HARMONY_VOCAB_SIZE})", param="prompt")
         return out
 
-    def start(self, req: CompletionRequest, key_name: str | None = None) -> "CompletionJob":
+    async def start(self, req: CompletionRequest, key_name: str | None = None) -> "CompletionJob":
         b = self.backend  # the route has checked the model (before the key's model access)
-        prompts = self._prompts(req)
+        prompts = await asyncio.to_thread(self._prompts, req)  # tokenising large prompts: off the loop
         runs: list[CompletionRun] = []
         echoes: list[str] = []
         prompt_tokens = 0
@@ -622,8 +636,8 @@ class CompletionJob(_Job):
                 yield Completion.model_validate(self._envelope([c], None)).to_sse()
             if include_usage:
                 yield Completion.model_validate(self._envelope([], self.usage())).to_sse()
-        except APIError as err:
-            yield f"data: {json.dumps(err.body())}\n\n"
+        except Exception as exc:  # headers are sent: the error goes in the stream, then [DONE]
+            yield sse_error(exc)
         finally:
             self.cancel()
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE

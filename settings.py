@@ -68,7 +68,12 @@ class Settings(BaseSettings):
     kv_cache_tokens: int = Field(
         0, ge=0, description="KV-cache budget in tokens over all running sequences (0 = CPU 262144, GPU sized from free memory)."
     )
-    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may run before it is stopped.")
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a request may run before it is stopped (BentoML's own limit is set above it)."
+    )
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM.")
 
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
@@ -82,7 +87,12 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated keys (full permissions), besides the keys file.")
     auth_disabled: bool = Field(False, description="Serve without API keys (logs a warning). Never on the internet.")
     public_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json without a key.")
-    public_metrics: bool = Field(True, description="Serve /metrics without a key.")
+    public_metrics: bool = Field(False, description="Serve /metrics without a key (else any valid key may read it).")
+    metrics_key_names: bool = Field(
+        False,
+        description="Label the per-key token counters with the key's name (names are often e-mail addresses); "
+        "off: every key is counted under '-'.",
+    )
 
     # --- logging -----------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Level of this project's loggers.")

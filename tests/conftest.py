@@ -159,12 +159,13 @@ def server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="session")
 def isolated_server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
-    """Like ``server``, with its own BENTOML_HOME: every ``bentoml serve`` empties the Prometheus
-    multiprocess directory under BENTOML_HOME when it starts, so servers sharing one (the other
-    fixtures' default ~/bentoml) clobber each other's /metrics."""
+    """Like ``server``, with its own BENTOML_HOME (every ``bentoml serve`` empties the Prometheus
+    multiprocess directory under BENTOML_HOME when it starts, so servers sharing one clobber each
+    other's /metrics), and key names exported in the per-key metrics."""
     home = tmp_path_factory.mktemp("bentoml_home")
     log = tmp_path_factory.mktemp("isolated_server") / "server.log"
-    srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file), "BENTOML_HOME": str(home)}, log_path=log)
+    env = {"GPTOSS_KEYS_FILE": str(keys_file), "BENTOML_HOME": str(home), "GPTOSS_METRICS_KEY_NAMES": "true"}
+    srv = RemoteServer(env, log_path=log)
     yield srv
     srv.stop()
 

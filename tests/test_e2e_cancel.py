@@ -15,7 +15,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def running_sequences(server: RemoteServer) -> float:
-    text = httpx.get(server.url("/metrics")).text
+    text = httpx.get(server.url("/metrics"), headers=AUTH).text
     m = re.search(r"^gptoss_running_sequences(?:\{[^}]*\})? ([0-9.e+-]+)$", text, re.M)
     assert m, "gauge missing"
     return float(m.group(1))

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from engine_types import GenerationRequest, TokenEvent
+from engine_types import GenerationRequest, SequenceFailed, TokenEvent
 from harmony_vocab import load_encoding
 from openai_compat import app, attach_backend
 from serving import Backend
@@ -33,8 +33,12 @@ TOOL_CALL = (
 
 
 class FakeStream:
-    def __init__(self, tokens: list[int], max_tokens: int, stops: tuple[int, ...]) -> None:
+    def __init__(
+        self, tokens: list[int], max_tokens: int, stops: tuple[int, ...], fail_after: int | None = None
+    ) -> None:
         self.request_id = "fake"
+        self._fail_after = fail_after
+        self._given = 0
         self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.cancelled = False
         for i, tok in enumerate(tokens[:max_tokens]):
@@ -52,6 +56,10 @@ class FakeStream:
         if self._done or self.cancelled:
             raise StopAsyncIteration
         await asyncio.sleep(0)  # one token per event-loop turn, like a real stream
+        if self._fail_after is not None and self._given >= self._fail_after:
+            self._done = True
+            raise SequenceFailed("sampling failed (injected)")
+        self._given += 1
         ev = await self._events.get()
         self._done = ev.finish_reason is not None
         return ev
@@ -71,11 +79,12 @@ class FakeEngine:
     max_context: int = 8192
     ready: bool = True
     requests: list[GenerationRequest] = field(default_factory=list)
+    fail_after: int | None = None  # streams raise SequenceFailed after this many tokens
 
     def submit(self, request: GenerationRequest) -> FakeStream:
         self.requests.append(request)
         tokens = ENC.encode(self.script, allowed_special="all")
-        return FakeStream(tokens, request.params.max_tokens, request.params.stop_token_ids)
+        return FakeStream(tokens, request.params.max_tokens, request.params.stop_token_ids, self.fail_after)
 
 
 @pytest.fixture()
@@ -193,3 +202,28 @@ async def test_unknown_route_and_method_are_openai_shaped(client_for):
         assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
         r = await http.get("/v1/chat/completions")
         assert r.status_code == 405 and "error" in r.json()
+
+
+async def test_engine_failure_mid_stream_is_an_error_event_then_done(client_for):
+    """Headers are out: the failure arrives as an OpenAI-shaped SSE error event, then [DONE]."""
+    _, engine = client_for(REASON_THEN_ANSWER)
+    engine.fail_after = 3
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        r = await http.post("/v1/chat/completions", json=body)
+        events = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
+        assert r.status_code == 200 and events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "generation_failed"
+        assert all("error" not in json.loads(e) for e in events[:-2])
+        r = await http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "stream": True})
+        events = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "generation_failed"
+
+
+async def test_engine_failure_without_stream_is_a_500_in_openai_shape(client_for):
+    client, engine = client_for(REASON_THEN_ANSWER)
+    engine.fail_after = 2
+    with pytest.raises(openai.InternalServerError) as info:
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 500 and info.value.body["code"] == "generation_failed"

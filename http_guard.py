@@ -1,0 +1,170 @@
+"""The outer guard of every HTTP request: known routes only, bounded bodies, OpenAI-shaped errors.
+
+A pure ASGI middleware that runs before the key check (inside the access log, so its answers are
+logged and counted):
+
+- a path that is not in :data:`routes.ROUTES` gets a JSON 404, whatever key it carries;
+- a body larger than ``GPTOSS_MAX_REQUEST_BYTES`` gets a 413 before the app reads it (by its
+  ``Content-Length``, or by counting a chunked body, which is then handed on whole);
+- an error response from anything behind it (BentoML's own routes answer text or
+  ``{"error": "..."}``) leaves as ``{"error": {"message", "type", "param", "code"}}`` with the
+  same status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from errors import APIError, send_error
+from routes import find_route
+from settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Error bodies are small; a larger one is passed on as it is rather than held in memory.
+MAX_ERROR_BODY = 64 * 1024
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 503: "service_unavailable"}
+
+
+def _is_openai_error(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict) and "message" in data["error"]
+
+
+def _message_of(body: bytes, status: int) -> str:
+    """The human part of a non-OpenAI error body: ``{"error": "..."}``, ``{"detail": ...}`` or text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, list) and len(data) == 1:  # BentoML wraps some errors in a one-item list
+        data = data[0]
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            if isinstance(data.get(key), str) and data[key]:
+                return data[key]
+    if text and len(text) <= 500 and "<" not in text:
+        return text
+    return {404: "Not found.", 405: "Method not allowed.", 503: "Service unavailable."}.get(status, "Request failed.")
+
+
+class RequestGuardMiddleware:
+    """See the module docstring. BentoML builds it as ``RequestGuardMiddleware(app)``."""
+
+    def __init__(self, app: Callable[..., Any], *, settings: Settings | None = None) -> None:
+        self.app = app
+        self._settings = settings
+
+    @property
+    def max_body(self) -> int:
+        return (self._settings or get_settings()).max_request_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        if find_route(scope.get("path", "")) is None:
+            await send_error(send, APIError(404, f"Unknown path: {scope.get('path', '')[:200]}", code="not_found"))
+            return
+        limit = self.max_body
+        too_large = APIError(
+            413, f"The request body is larger than this server accepts ({limit} bytes).", code="request_too_large"
+        )
+        length = _content_length(scope)
+        if length is not None and length > limit:
+            await send_error(send, too_large)
+            return
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            body = await _read_bounded(receive, limit)
+            if body is None:  # over the limit, or the client left
+                await send_error(send, too_large)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, _shaping_errors(send))
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if bytes(key).lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
+    """A body without Content-Length, read whole; None once it passes ``limit`` or the client leaves."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
+    """``receive`` that hands the app the body read ahead, then waits on the client as usual."""
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _shaping_errors(send: Callable[..., Any]) -> Callable[..., Any]:
+    """``send`` that turns error responses that are not in OpenAI's shape into that shape."""
+    held: dict[str, Any] | None = None
+    parts: list[bytes] = []
+    size = 0
+
+    async def shaped(message: dict[str, Any]) -> None:
+        nonlocal held, size
+        kind = message.get("type")
+        if kind == "http.response.start" and int(message.get("status", 200)) >= 400:
+            held = message
+            return
+        if held is None or kind != "http.response.body":
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        size += len(parts[-1])
+        more = message.get("more_body", False)
+        if size > MAX_ERROR_BODY:  # not an error body worth rewriting: let it through as it is
+            start, held = held, None
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": more})
+            return
+        if more:
+            return
+        body = b"".join(parts)
+        start, held = held, None
+        status = int(start["status"])
+        if _is_openai_error(body):
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        err = APIError(status, _message_of(body, status), code=_CODES.get(status))
+        keep = [(k, v) for k, v in start.get("headers", ()) if bytes(k).lower() not in (b"content-type", b"content-length")]
+        err.headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in keep}
+        await send_error(send, err)
+
+    return shaped
