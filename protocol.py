@@ -1,7 +1,10 @@
 """Typed request and response models of the OpenAI API this server speaks.
 
 Requests accept (and ignore) fields we do not know, so that clients written for OpenAI keep
-working; every range check is field-level so a validation error's ``loc`` names the parameter,
+working, except OpenAI features that would change the answer and that we cannot honour (JSON
+mode, audio, web search, predicted outputs, legacy functions...): those are a 400 rather than
+silently ignored. Every count has an upper bound, so nothing out of range reaches the engine.
+Every range check is field-level so a validation error's ``loc`` names the parameter,
 which :func:`validation_error_to_api_error` turns into OpenAI's ``param``. Responses mirror the
 shapes of the official ``openai`` SDK (``openai.types.chat.ChatCompletion`` etc.) field by field.
 Our own additions sit at the end of each model below an ``# --- extensions`` fence.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, TypeVar, Union
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
@@ -36,6 +39,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine_types import SamplingParams
 from errors import APIError, bad_request
+from harmony_vocab import HARMONY_VOCAB_SIZE
 
 ReasoningEffort = Literal["low", "medium", "high"]
 DEFAULT_REASONING_EFFORT: ReasoningEffort = "medium"
@@ -43,6 +47,15 @@ MAX_N = 8
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20  # chat
 MAX_COMPLETION_LOGPROBS = 5  # legacy completions
+# Upper bounds on every count a request can ask for, checked at the edge so that no value can
+# overflow or exhaust something further in (the engine, the sampler, the stop matcher).
+MAX_TOKENS_LIMIT = 2**31 - 1  # max_tokens / max_completion_tokens; the context check gives the real 400
+MAX_MESSAGES = 2048
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI's spec sets no bound
+MAX_STOP_LENGTH = 256  # characters per stop string: the stop matcher's per-token work grows with it
+MAX_ENGINE_REQUESTS = 64  # legacy completions: prompts x n
+SEED_MODULUS = 2**64  # engine seeds are unsigned 64-bit; seed + choice index wraps around
 # OpenAI's (and our) floor for logprobs: JSON cannot carry -inf, and the SDK expects a number.
 MIN_LOGPROB = -9999.0
 SSE_DONE = "data: [DONE]\n\n"
@@ -103,6 +116,25 @@ def _clamp_logprob(value: float | None) -> float | None:
     if value is None:
         return None
     return value if math.isfinite(value) and value >= MIN_LOGPROB else MIN_LOGPROB
+
+
+# field -> (test for the non-null values we can honour, or None for none; the 400's message)
+RefusedFields = Mapping[str, tuple[Callable[[Any], bool] | None, str]]
+
+
+def _refuse(model: str, raw: Any, refused: RefusedFields) -> None:
+    """A 400 naming the first field of ``raw`` (a request body) that asks for what we cannot do.
+
+    OpenAI features that would change what the caller gets are refused rather than silently
+    ignored, so that a client never mistakes our answer for one that honoured them. The fields
+    are read from the raw body and never become model fields (nothing downstream sees them).
+    """
+    if not isinstance(raw, Mapping):
+        return
+    for field, (honoured, message) in refused.items():
+        value = raw.get(field)
+        if value is not None and not (honoured is not None and honoured(value)):
+            raise _field_error(model, field, message, value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,6 +307,18 @@ class AssistantMessage(_RequestModel):
     # Same, under the name OpenRouter-style clients use.
     reasoning: str | None = None
 
+    _REFUSED: ClassVar[RefusedFields] = {
+        "function_call": (None, "function_call is deprecated and not supported here; send tool_calls"),
+        "audio": (None, "audio is not supported: this model reads and writes text only"),
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, value: Any) -> Any:
+        # Dropping these from the history would silently change the conversation the model sees.
+        _refuse(cls.__name__, value, cls._REFUSED)
+        return value
+
     def text_content(self, param: str = "content") -> str | None:
         return content_text(self.content, param=param)
 
@@ -359,15 +403,19 @@ ToolChoice = Annotated[
 
 
 class ResponseFormat(_RequestModel):
-    """Accepted and ignored for text and json_object; json_schema is refused (not enforced here)."""
+    """Only ``text`` (the default): JSON modes are refused, since nothing here constrains the output
+    to JSON and a caller relying on it would get unparsable text without being told."""
 
-    type: Literal["text", "json_object"]
+    type: Literal["text"]
 
     @field_validator("type", mode="before")
     @classmethod
     def _known_type(cls, value: Any) -> Any:
-        if value == "json_schema":
-            raise ValueError("response_format type 'json_schema' is not supported; use 'text' or 'json_object'")
+        if value in ("json_schema", "json_object"):
+            raise ValueError(
+                f"response_format type '{value}' is not supported: JSON output is not enforced by this server; "
+                "use 'text' and ask for JSON in the prompt"
+            )
         return value
 
 
@@ -384,17 +432,23 @@ _Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
 _Temperature = Annotated[float | None, Field(ge=0.0, le=2.0)]
 _TopP = Annotated[float | None, Field(gt=0.0, le=1.0)]
 _Seed = Annotated[int | None, Field(ge=-(2**63), le=2**64 - 1)]
-_TopK = Annotated[int | None, Field(ge=0)]
+_TopK = Annotated[int | None, Field(ge=0, le=HARMONY_VOCAB_SIZE)]
+_MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 _MinP = Annotated[float | None, Field(ge=0.0, le=1.0)]
 _RepetitionPenalty = Annotated[float | None, Field(gt=0.0, le=2.0)]
 
 
 def _check_logit_bias(value: Any) -> Any:
-    """Keys are token ids as strings (JSON keys); values in [-100, 100]. Normalises keys."""
+    """Keys are token ids of the served vocabulary as strings (JSON keys); values in [-100, 100].
+
+    Normalises keys. An id outside the vocabulary would reach the sampler's tensors, so it is a 400.
+    """
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise ValueError("must be an object mapping token ids to biases")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} entries are allowed, got {len(value)}")
     out: dict[str, float] = {}
     for key, bias in value.items():
         try:
@@ -403,6 +457,8 @@ def _check_logit_bias(value: Any) -> Any:
             token_id = None
         if token_id is None or token_id < 0:
             raise ValueError(f"keys must be non-negative integer token ids, got {key!r}")
+        if token_id >= HARMONY_VOCAB_SIZE:
+            raise ValueError(f"keys must be token ids below the vocabulary size {HARMONY_VOCAB_SIZE}, got {key!r}")
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
             raise ValueError(f"bias for token {key} must be a number, got {bias!r}")
         if not -100.0 <= bias <= 100.0:
@@ -412,17 +468,19 @@ def _check_logit_bias(value: Any) -> Any:
 
 
 def _check_stop(value: Any) -> Any:
-    if value is None or (isinstance(value, str) and value):
-        return value
-    if isinstance(value, str):
-        raise ValueError("stop sequences must be non-empty strings")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+    """A string or up to MAX_STOP_SEQUENCES strings, each non-empty and at most MAX_STOP_LENGTH long."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
         raise ValueError("must be a string or a list of strings")
-    if len(value) > MAX_STOP_SEQUENCES:
-        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(value)}")
-    if not all(value):
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(items)}")
+    if not all(items):
         raise ValueError("stop sequences must be non-empty strings")
-    return list(value)
+    if any(len(s) > MAX_STOP_LENGTH for s in items):
+        raise ValueError(f"stop sequences must be at most {MAX_STOP_LENGTH} characters long")
+    return value if isinstance(value, str) else list(items)
 
 
 def _stop_list(stop: str | list[str] | None) -> list[str]:
@@ -452,17 +510,42 @@ class _SamplingRequest(_RequestModel):
     def _valid_stop(cls, value: Any) -> Any:
         return _check_stop(value)
 
+    @field_validator("n", mode="before", check_fields=False)
+    @classmethod
+    def _null_n_is_one(cls, value: Any) -> Any:
+        # OpenAI's spec has n nullable (default 1); some clients send every unset field as null.
+        return 1 if value is None else value
+
+
+def _text_modality_only(value: Any) -> bool:
+    """``modalities`` we can honour: text (or nothing) only."""
+    return isinstance(value, (list, tuple)) and all(m == "text" for m in value)
+
 
 class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessageParam] = Field(min_length=1)
+    # OpenAI fields we cannot honour (400); other fields we do not know are ignored. Accepted and
+    # ignored on purpose, as they do not change the completion: user, metadata, store,
+    # service_tier, safety_identifier, prompt_cache_key, prompt_cache_retention,
+    # stream_options.include_obfuscation.
+    _REFUSED: ClassVar[RefusedFields] = {
+        "functions": (None, "functions is deprecated and not supported; declare them in tools"),
+        "function_call": (None, "function_call is deprecated and not supported; use tool_choice"),
+        "modalities": (_text_modality_only, "only the 'text' modality is supported: this model produces text only"),
+        "audio": (None, "audio output is not supported: this model produces text only"),
+        "web_search_options": (None, "web_search_options is not supported: this server has no web search"),
+        "prediction": (None, "prediction (predicted outputs) is not supported"),
+        "verbosity": (lambda v: v == "medium", "verbosity is not supported by this model; omit it or use 'medium'"),
+    }
+
+    messages: list[ChatMessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str
     frequency_penalty: _Penalty = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)  # deprecated by OpenAI; max_completion_tokens wins
+    max_completion_tokens: _MaxTokens = None
+    max_tokens: _MaxTokens = None  # deprecated by OpenAI; max_completion_tokens wins
     n: int = Field(1, ge=1, le=MAX_N)
     parallel_tool_calls: bool | None = None
     presence_penalty: _Penalty = None
@@ -474,7 +557,7 @@ class ChatCompletionRequest(_SamplingRequest):
     stream_options: StreamOptions | None = None
     temperature: _Temperature = None
     tool_choice: ToolChoice | None = None
-    tools: list[ChatCompletionTool] | None = None
+    tools: list[ChatCompletionTool] | None = Field(None, max_length=MAX_TOOLS)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     top_p: _TopP = None
     user: str | None = None
@@ -489,6 +572,12 @@ class ChatCompletionRequest(_SamplingRequest):
     min_p: _MinP = None
     # Multiplicative penalty on tokens already in prompt or output (1 or None = off).
     repetition_penalty: _RepetitionPenalty = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, value: Any) -> Any:
+        _refuse(cls.__name__, value, cls._REFUSED)
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
@@ -546,7 +635,8 @@ PromptType = Union[str, list[str], list[int], list[list[int]]]
 
 
 def _is_token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A token id of the served vocabulary (anything else would index past the embedding)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < HARMONY_VOCAB_SIZE
 
 
 def _check_prompt(value: Any) -> Any:
@@ -560,19 +650,22 @@ def _check_prompt(value: Any) -> Any:
     if not value:
         raise ValueError("prompt must not be empty")
     items = list(value)
+    batch = not all(isinstance(p, int) and not isinstance(p, bool) for p in items)
+    if batch and len(items) > MAX_ENGINE_REQUESTS:
+        raise ValueError(f"at most {MAX_ENGINE_REQUESTS} prompts are allowed, got {len(items)}")
     if all(isinstance(p, str) for p in items):
         if not all(items):
             raise ValueError("prompt strings must not be empty")
         return items
     if all(isinstance(p, int) and not isinstance(p, bool) for p in items):
         if not all(_is_token_id(t) for t in items):
-            raise ValueError("token ids must be non-negative integers")
+            raise ValueError(f"token ids must be integers in [0, {HARMONY_VOCAB_SIZE})")
         return items
     if all(isinstance(p, (list, tuple)) for p in items):
         if not all(p for p in items):
             raise ValueError("token id lists must not be empty")
         if not all(_is_token_id(t) for p in items for t in p):
-            raise ValueError("token ids must be non-negative integers")
+            raise ValueError(f"token ids must be integers in [0, {HARMONY_VOCAB_SIZE})")
         return [list(p) for p in items]
     raise ValueError(shape_error)
 
@@ -587,7 +680,7 @@ class CompletionRequest(_SamplingRequest):
     frequency_penalty: _Penalty = None
     logit_bias: dict[str, float] | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: _Penalty = None
     seed: _Seed = None
@@ -631,6 +724,20 @@ class CompletionRequest(_SamplingRequest):
             )
         return self
 
+    @model_validator(mode="after")
+    def _bounded_engine_requests(self) -> CompletionRequest:
+        # Each prompt is generated n times, each one an engine request of its own.
+        prompts = len(self.prompts())
+        if prompts * self.n > MAX_ENGINE_REQUESTS:
+            raise _field_error(
+                type(self).__name__,
+                "n",
+                f"n x the number of prompts must be at most {MAX_ENGINE_REQUESTS}; "
+                f"got n={self.n} for {prompts} prompts",
+                self.n,
+            )
+        return self
+
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a batch: each item is a text or a list of token ids."""
         p = self.prompt
@@ -655,7 +762,11 @@ def to_sampling_params(
     stop_token_ids: tuple[int, ...] = (),
     seed_offset: int = 0,
 ) -> SamplingParams:
-    """Engine settings for one choice; ``seed_offset`` (the choice index) keeps n choices distinct."""
+    """Engine settings for one choice; ``seed_offset`` (the choice index) keeps n choices distinct.
+
+    The seed wraps modulo 2**64 so that seed + index can never leave the engine's unsigned
+    64-bit range (and negative seeds land in it too).
+    """
     if isinstance(req, ChatCompletionRequest):
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
     else:
@@ -666,7 +777,7 @@ def to_sampling_params(
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k or 0,
         min_p=req.min_p or 0.0,
-        seed=None if req.seed is None else req.seed + seed_offset,
+        seed=None if req.seed is None else (req.seed + seed_offset) % SEED_MODULUS,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,

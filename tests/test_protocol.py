@@ -193,7 +193,7 @@ def test_valid_edge_values_are_accepted() -> None:
             logit_bias={"50256": -100, "7": 100},
             tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
             tool_choice={"type": "function", "function": {"name": "get_weather"}},
-            response_format={"type": "json_object"},
+            response_format={"type": "text"},
             stream=True,
             stream_options={"include_usage": True},
             top_k=0,
@@ -211,6 +211,56 @@ def test_valid_edge_values_are_accepted() -> None:
 def test_top_logprobs_zero_without_logprobs_is_tolerated() -> None:
     req = P.ChatCompletionRequest.model_validate(chat(top_logprobs=0))
     assert req.top_logprobs == 0
+
+
+def test_fields_we_can_honour_or_ignore_harmlessly_are_accepted() -> None:
+    req = P.ChatCompletionRequest.model_validate(
+        chat(
+            modalities=["text"],
+            verbosity="medium",
+            response_format={"type": "text"},
+            functions=None,
+            function_call=None,
+            audio=None,
+            web_search_options=None,
+            prediction=None,
+            n=None,
+            # Harmless: they do not change the completion.
+            user="u",
+            metadata={"k": "v"},
+            store=True,
+            service_tier="auto",
+            safety_identifier="s",
+            prompt_cache_key="p",
+            prompt_cache_retention="24h",
+            stream_options={"include_usage": True, "include_obfuscation": True},
+            messages=[USER, {"role": "assistant", "content": "hi", "function_call": None, "audio": None}],
+        )
+    )
+    assert req.n == 1 and req.include_usage() is True
+    assert "functions" not in req.model_dump() and "verbosity" not in req.model_dump()
+    assert P.CompletionRequest.model_validate(completion(n=None)).n == 1
+
+
+def test_bounds_accept_their_limits() -> None:
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(P.MAX_TOOLS)]
+    req = P.ChatCompletionRequest.model_validate(
+        chat(
+            messages=[USER] * P.MAX_MESSAGES,
+            max_tokens=P.MAX_TOKENS_LIMIT,
+            max_completion_tokens=P.MAX_TOKENS_LIMIT,
+            top_k=P.HARMONY_VOCAB_SIZE,
+            logit_bias={str(P.HARMONY_VOCAB_SIZE - 1 - i): 1 for i in range(P.MAX_LOGIT_BIAS)},
+            stop=["x" * P.MAX_STOP_LENGTH] * P.MAX_STOP_SEQUENCES,
+            tools=tools,
+            seed=2**64 - 1,
+        )
+    )
+    assert len(req.messages) == 2048 and len(req.tools or ()) == 128 and len(req.logit_bias or {}) == 1024
+    assert P.CompletionRequest.model_validate(completion(prompt=["a"] * 64)).prompts() == ["a"] * 64
+    assert len(P.CompletionRequest.model_validate(completion(prompt=[[7]] * 8, n=8)).prompts()) == 8
+    last = P.HARMONY_VOCAB_SIZE - 1
+    assert P.CompletionRequest.model_validate(completion(prompt=[last], max_tokens=2**31 - 1)).prompts() == [[last]]
 
 
 @pytest.mark.parametrize("choice", ["none", "auto"])
@@ -268,6 +318,43 @@ INVALID_CHAT: list[tuple[dict[str, Any], str | None, str]] = [
     ),
     ({"tools": TOOLS * 2}, "tools", "unique"),
     ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.type", "json_schema"),
+    # OpenAI features we cannot honour: refused, not ignored.
+    ({"response_format": {"type": "json_object"}}, "response_format.type", "'json_object' is not supported"),
+    ({"response_format": {"type": "xml"}}, "response_format.type", "'text'"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "declare them in tools"),
+    ({"functions": []}, "functions", "declare them in tools"),
+    ({"function_call": "auto"}, "function_call", "use tool_choice"),
+    ({"function_call": {"name": "f"}}, "function_call", "use tool_choice"),
+    ({"modalities": ["text", "audio"]}, "modalities", "only the 'text' modality"),
+    ({"modalities": "text"}, "modalities", "only the 'text' modality"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "text only"),
+    ({"web_search_options": {}}, "web_search_options", "no web search"),
+    ({"prediction": {"type": "content", "content": "x"}}, "prediction", "not supported"),
+    ({"verbosity": "low"}, "verbosity", "use 'medium'"),
+    (
+        {"messages": [USER, {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]},
+        "messages[1].function_call",
+        "send tool_calls",
+    ),
+    ({"messages": [USER, {"role": "assistant", "audio": {"id": "audio_1"}}]}, "messages[1].audio", "text only"),
+    # Bounds: every count is capped at the edge.
+    ({"max_tokens": 2**31}, "max_tokens", "less than or equal to 2147483647"),
+    ({"max_completion_tokens": 10**30}, "max_completion_tokens", "less than or equal to 2147483647"),
+    ({"top_k": P.HARMONY_VOCAB_SIZE + 1}, "top_k", "less than or equal to 201088"),
+    ({"logit_bias": {"99999999999999999999": 1}}, "logit_bias", "below the vocabulary size 201088"),
+    ({"logit_bias": {str(P.HARMONY_VOCAB_SIZE): 1}}, "logit_bias", "below the vocabulary size"),
+    ({"logit_bias": {"9" * 5000: 1}}, "logit_bias", "integer token ids"),
+    ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias", "at most 1024 entries"),
+    ({"messages": [USER] * 2049}, "messages", "at most 2048 items"),
+    ({"stop": "x" * 257}, "stop", "at most 256 characters"),
+    ({"stop": ["a", "x" * 257]}, "stop", "at most 256 characters"),
+    (
+        {"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]},
+        "tools",
+        "at most 128 items",
+    ),
+    ({"seed": 2**64}, "seed", "less than or equal to 18446744073709551615"),
+    ({"seed": -(2**63) - 1}, "seed", "greater than or equal to -9223372036854775808"),
     ({"messages": []}, "messages", "at least 1 item"),
     ({"messages": "hi"}, "messages", "valid list"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]", "role 'system', 'developer'"),
@@ -359,8 +446,19 @@ INVALID_COMPLETION: list[tuple[dict[str, Any], str, str]] = [
     ({"prompt": []}, "prompt", "must not be empty"),
     ({"prompt": [[]]}, "prompt", "must not be empty"),
     ({"prompt": ["a", ""]}, "prompt", "must not be empty"),
-    ({"prompt": [1, -2]}, "prompt", "non-negative"),
-    ({"prompt": [[1], [True]]}, "prompt", "non-negative"),
+    ({"prompt": [1, -2]}, "prompt", "integers in [0, 201088)"),
+    ({"prompt": [[1], [True]]}, "prompt", "integers in [0, 201088)"),
+    ({"prompt": [P.HARMONY_VOCAB_SIZE]}, "prompt", "integers in [0, 201088)"),
+    ({"prompt": [[1], [10**20]]}, "prompt", "integers in [0, 201088)"),
+    ({"prompt": ["a"] * 65}, "prompt", "at most 64 prompts"),
+    ({"prompt": [[1]] * 65}, "prompt", "at most 64 prompts"),
+    ({"prompt": ["a"] * 9, "n": 8}, "n", "at most 64; got n=8 for 9 prompts"),
+    ({"prompt": [[1]] * 33, "n": 2, "best_of": 2}, "n", "at most 64"),
+    ({"max_tokens": 2**31}, "max_tokens", "less than or equal to 2147483647"),
+    ({"logit_bias": {"99999999999999999999": 1}}, "logit_bias", "below the vocabulary size 201088"),
+    ({"top_k": 10**9}, "top_k", "less than or equal to 201088"),
+    ({"stop": "x" * 257}, "stop", "at most 256 characters"),
+    ({"seed": 2**64}, "seed", "less than or equal to 18446744073709551615"),
     ({"prompt": ["a", 1]}, "prompt", "must be a string"),
     ({"prompt": {"text": "a"}}, "prompt", "must be a string"),
     ({"best_of": 2}, "best_of", "best_of must be omitted or equal to n"),
@@ -425,6 +523,16 @@ def fastapi_client() -> TestClient:
             json.dumps(chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}])),
             "messages[0].content[0].text",
             "messages[0].content[0].text: Input should be a valid string",
+        ),
+        (
+            json.dumps(chat(functions=[{"name": "f"}])),
+            "functions",
+            "functions is deprecated and not supported; declare them in tools",
+        ),
+        (
+            json.dumps(chat(messages=[{"role": "assistant", "function_call": {"name": "f", "arguments": ""}}])),
+            "messages[0].function_call",
+            "messages[0].function_call: function_call is deprecated and not supported here; send tool_calls",
         ),
         ('{"model": "m", "messages": [', None, "Invalid JSON body: Expecting value (at char 28)"),
         ("[]", None, "Invalid request body: Input should be a valid dictionary or object to extract fields from"),
@@ -515,6 +623,32 @@ def test_seed_offsets_give_each_choice_its_own_seed() -> None:
     assert [P.to_sampling_params(req, max_tokens=1, seed_offset=i).seed for i in range(req.n)] == [100, 101, 102]
     unseeded = P.ChatCompletionRequest.model_validate(chat(n=3))
     assert P.to_sampling_params(unseeded, max_tokens=1, seed_offset=2).seed is None
+
+
+@pytest.mark.parametrize("cls,body", [(P.ChatCompletionRequest, chat), (P.CompletionRequest, completion)])
+def test_largest_seed_with_n_wraps_instead_of_overflowing(cls: Any, body: Any) -> None:
+    """The crash body ``"seed": 18446744073709551615, "n": 2`` now gives seeds the engine takes."""
+    req = cls.model_validate(body(seed=2**64 - 1, n=2))
+    seeds = [P.to_sampling_params(req, max_tokens=1, seed_offset=i).seed for i in range(req.n)]
+    assert seeds == [2**64 - 1, 0]
+    torch = pytest.importorskip("torch")
+    for seed in seeds:  # what the sampler does with a request's seed
+        torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("seed", [-(2**63), -1, 0, 2**63, 2**64 - P.MAX_N])
+def test_every_accepted_seed_maps_into_the_unsigned_range(seed: int) -> None:
+    req = P.ChatCompletionRequest.model_validate(chat(seed=seed, n=P.MAX_N))
+    for i in range(req.n):
+        got = P.to_sampling_params(req, max_tokens=1, seed_offset=i).seed
+        assert got is not None and 0 <= got < 2**64 and got == (seed + i) % 2**64
+
+
+@pytest.mark.parametrize("cls,body", [(P.ChatCompletionRequest, chat), (P.CompletionRequest, completion)])
+def test_out_of_vocabulary_logit_bias_is_a_400(cls: Any, body: Any) -> None:
+    """The crash body ``"logit_bias": {"99999999999999999999": 1}`` no longer reaches the engine."""
+    err = api_error(cls, body(logit_bias={"99999999999999999999": 1}))
+    assert (err.status, err.param, err.code) == (400, "logit_bias", "invalid_value")
 
 
 def test_temperature_zero_is_kept_not_defaulted() -> None:
