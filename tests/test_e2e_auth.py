@@ -24,7 +24,9 @@ def test_bad_key_is_authentication_error(server: RemoteServer, key: str):
 @pytest.mark.parametrize("path", ["/v1/models", "//v1/models", "/v1/../v1/models", "/V1/models", "/v1%2Fmodels", "/generate"])
 def test_no_route_answers_without_key(server: RemoteServer, path: str):
     r = httpx.request("POST" if path == "/generate" else "GET", server.url(path), json={"prompt": "x"} if path == "/generate" else None)
-    assert r.status_code == 401, (path, r.status_code)
+    # 401, or 404 where the HTTP guard (which runs before the key check) does not know the path.
+    assert r.status_code in (401, 404), (path, r.status_code)
+    assert r.json()["error"]["code"] == ("invalid_api_key" if r.status_code == 401 else "not_found")
 
 
 def test_open_paths(server: RemoteServer):
