@@ -585,7 +585,7 @@ class KeyStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> KeyStore:
         """Store from ``GPTOSS_KEYS_FILE`` + ``GPTOSS_API_KEYS``; NoKeysConfigured if there is none."""
-        store = cls(settings.keys_file, settings.api_keys, clock=clock)
+        store = cls(settings.keys_file, settings.api_keys.get_secret_value(), clock=clock)
         if not len(store) and not settings.auth_disabled:
             raise NoKeysConfigured()
         return store

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -84,7 +84,10 @@ class Settings(BaseSettings):
 
     # --- auth --------------------------------------------------------------------------------------
     keys_file: Path | None = Field(None, description="Path of the API keys file (YAML).")
-    api_keys: str = Field("", description="Comma-separated keys (full permissions), besides the keys file.")
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated keys (full permissions), besides the keys file. A secret: never in a repr or log.",
+    )
     auth_disabled: bool = Field(False, description="Serve without API keys (logs a warning). Never on the internet.")
     public_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json without a key.")
     public_metrics: bool = Field(False, description="Serve /metrics without a key (else any valid key may read it).")

@@ -902,3 +902,21 @@ def test_cli_errors_and_hash_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert auth.main(["check-file", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "INVALID" in err and K_ALL not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings keep GPTOSS_API_KEYS secret
+# ---------------------------------------------------------------------------------------------
+
+
+def test_settings_api_keys_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "sk-settings-secret-0123456789"
+    s = Settings(api_keys=key)
+    for text in (repr(s), str(s), s.model_dump_json(), repr(s.model_dump()), f"{s}", repr(s.api_keys)):
+        assert key not in text
+    assert s.api_keys.get_secret_value() == key
+    assert Settings().api_keys.get_secret_value() == ""
+    monkeypatch.setenv("GPTOSS_API_KEYS", key)
+    from_env = Settings()
+    assert key not in repr(from_env) and from_env.api_keys.get_secret_value() == key
+    assert KeyStore.from_settings(make_settings(api_keys=key)).authenticate(key) is not None
