@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import hashlib
 import hmac
 import json
@@ -372,6 +373,15 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _redact_quoted(text: str) -> str:
+    """Hide quoted parts of a parser message longer than a few characters: they may be a key.
+
+    PyYAML quotes what it stumbled on (an alias, anchor or tag name, a character); an alias such
+    as ``key: *my-secret`` would otherwise put the key into the error.
+    """
+    return re.sub(r"'[^']{5,}'|\"[^\"]{5,}\"", "'(not shown)'", text)
+
+
 def _parse_text(text: str) -> Any:
     """JSON first (the seed format), else YAML. Error messages carry positions, never content."""
     if text.lstrip().startswith("{"):
@@ -379,15 +389,52 @@ def _parse_text(text: str) -> Any:
             return json.loads(text, object_pairs_hook=_json_pairs)
         except json.JSONDecodeError:
             pass  # maybe YAML flow style; let YAML report
+        except RecursionError:
+            raise KeysFileError("invalid JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         # str(e) would include a snippet of the offending line, which may hold a key.
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise KeysFileError(f"invalid YAML: {e.problem or e.context or 'syntax error'}{where}") from None
+        problem = _redact_quoted(str(e.problem or e.context or "syntax error"))
+        raise KeysFileError(f"invalid YAML: {problem}{where}") from None
     except yaml.YAMLError:
         raise KeysFileError("invalid YAML") from None
+    except RecursionError:
+        raise KeysFileError("invalid YAML: nested too deeply") from None
+
+
+def _shown(value: Any, known: Iterable[str]) -> str:
+    """How an unknown field, limit or permission appears in an error: quoted, or not at all.
+
+    Such a value may be a key (the seed format has keys as mapping keys, and a key pasted one
+    level too deep becomes a field name), so it is echoed only when it is close to a valid word
+    (a typo such as ``permision``) or is a short word of letters that cannot be a valid key.
+    """
+    text = value if isinstance(value, str) else None
+    if text is not None and (
+        difflib.get_close_matches(text, list(known), n=1, cutoff=0.75)
+        or (len(text) < MIN_KEY_LENGTH and re.fullmatch(r"[A-Za-z][A-Za-z_]*", text))
+    ):
+        return repr(text)
+    return "(not shown: it might be a key)"
+
+
+def _unknown(values: Iterable[Any], known: Iterable[str]) -> str:
+    """Comma-separated :func:`_shown` of the unknown values; the hidden ones are mentioned once."""
+    words = list(known)
+    return ", ".join(sorted({_shown(v, words) for v in values}))
+
+
+def _looks_like_key(name: str) -> bool:
+    """A name that is probably a key pasted into the wrong field (names are logged everywhere)."""
+    return name.lower().startswith(("sk-", "sha256:")) and len(name) >= MIN_KEY_LENGTH
+
+
+def _valid_name(name: Any) -> bool:
+    """Whether ``name`` may be a key's name, and so be shown in errors and logs."""
+    return isinstance(name, str) and bool(_NAME_RE.match(name)) and not _looks_like_key(name)
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -395,6 +442,11 @@ def _check_name(name: Any, where: str) -> str:
         raise KeysFileError(
             f"{where}: 'name' must be 1-128 characters of letters, digits and _ . @ : + - "
             "(it is shown in logs and metrics)"
+        )
+    if _looks_like_key(name):
+        raise KeysFileError(
+            f"{where}: 'name' looks like an API key (it starts with 'sk-' or 'sha256:'); names are shown "
+            "in logs and metrics, so give a label such as alice or protalk"
         )
     return name
 
@@ -435,10 +487,11 @@ def _parse_permissions(value: Any, where: str) -> frozenset[str]:
     if value is None:
         return frozenset({"all"})
     perms = [p.lower() for p in _str_list(value, "permissions", where)]
-    unknown = sorted(set(perms) - PERMISSIONS)
+    unknown = set(perms) - PERMISSIONS
     if unknown:
         raise KeysFileError(
-            f"{where}: unknown permission(s) {', '.join(unknown)}; valid: {', '.join(sorted(PERMISSIONS))}"
+            f"{where}: unknown permission(s) {_unknown(unknown, PERMISSIONS)}; "
+            f"valid: {', '.join(sorted(PERMISSIONS))}"
         )
     return frozenset(perms)
 
@@ -452,9 +505,11 @@ def _parse_limits(value: Any, where: str) -> Limits:
         return Limits()
     if not isinstance(value, Mapping):
         raise KeysFileError(f"{where}: 'limits' must be a mapping like {{rpm: 60, tpm: 100000, concurrency: 4}}")
-    unknown = sorted(str(k) for k in value if k not in _LIMIT_FIELDS)
+    unknown = [k for k in value if k not in _LIMIT_FIELDS]
     if unknown:
-        raise KeysFileError(f"{where}: unknown limit(s) {', '.join(unknown)}; valid: rpm, tpm, concurrency")
+        raise KeysFileError(
+            f"{where}: unknown limit(s) {_unknown(unknown, _LIMIT_FIELDS)}; valid: rpm, tpm, concurrency"
+        )
     out: dict[str, int | None] = {}
     for name in _LIMIT_FIELDS:
         v = value.get(name)
@@ -467,15 +522,23 @@ def _parse_limits(value: Any, where: str) -> Limits:
 def _entry(
     item: Any, raw_key: Any, where: str, allowed: frozenset[str], limiter: RateLimiter | None
 ) -> tuple[bytes, Principal]:
+    """One entry. ``where`` is its position; its name is added once the name is known to be valid."""
     if not isinstance(item, Mapping):
         raise KeysFileError(f"{where}: must be a mapping with name, key, permissions, ...")
-    unknown = sorted(str(k) for k in item if k not in allowed)
-    if unknown:
-        raise KeysFileError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if "name" in item and "user" in item:
         raise KeysFileError(f"{where}: give either 'name' or 'user', not both")
-    name = _check_name(item.get("name", item.get("user")), where)
-    where = f"{where} ({name})"
+    raw_name = item.get("name", item.get("user"))
+    is_key = isinstance(raw_name, str) and isinstance(raw_key, str) and hmac.compare_digest(
+        raw_name.encode(), raw_key.encode()
+    )
+    named = f"{where} ({raw_name})" if _valid_name(raw_name) and not is_key else where
+    unknown = [k for k in item if k not in allowed]
+    if unknown:
+        raise KeysFileError(f"{named}: unknown field(s) {_unknown(unknown, allowed)}")
+    name = _check_name(raw_name, where)
+    if is_key:
+        raise KeysFileError(f"{where}: 'name' is the key itself; names are shown in logs and metrics")
+    where = named
     digest = _digest_of(raw_key, where)
     principal = Principal(
         name=name,
@@ -487,62 +550,91 @@ def _entry(
     return digest, principal
 
 
-def parse_keys_data(data: Any, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """Entries from a parsed keys document: ``{keys: [...]}``, a bare list, or the seed dict format."""
+#: One parsed entry: (where it is, e.g. ``keys[3] (bob)``; its key's sha256; its Principal).
+_Located = tuple[str, bytes, Principal]
+
+
+def _parse_located(data: Any, limiter: RateLimiter | None) -> list[_Located]:
+    """Entries from a parsed keys document, each with its position for error messages."""
     if data is None:
         return []
-    out: list[tuple[bytes, Principal]] = []
-    if isinstance(data, Mapping) and "keys" in data and not isinstance(data["keys"], Mapping):
-        extra = sorted(str(k) for k in data if k != "keys")
+    out: list[_Located] = []
+    if isinstance(data, Mapping) and "keys" in data:
+        if isinstance(data["keys"], Mapping):  # the seed format nested under keys: (a guessable mistake)
+            raise KeysFileError(
+                "'keys:' must be a list of entries ('- name: ...'), not a mapping (see docs/api-keys.md)"
+            )
+        extra = [k for k in data if k != "keys"]
         if extra:
-            raise KeysFileError(f"unknown top-level field(s) {', '.join(extra)}; expected only 'keys:'")
+            raise KeysFileError(f"unknown top-level field(s) {_unknown(extra, ['keys'])}; expected only 'keys:'")
         data = data["keys"] or []
     if isinstance(data, list):
-        for i, item in enumerate(data, 1):
+        for i, item in enumerate(data):
             raw = item.get("key") if isinstance(item, Mapping) else None
-            out.append(_entry(item, raw, f"keys entry #{i}", _ENTRY_FIELDS, limiter))
+            digest, p = _entry(item, raw, f"keys[{i}]", _ENTRY_FIELDS, limiter)
+            out.append((f"keys[{i}] ({p.name})", digest, p))
     elif isinstance(data, Mapping):  # seed format: {"sk-...": {"user": ..., "permissions": [...]}}
-        for i, (raw, item) in enumerate(data.items(), 1):
-            out.append(_entry(item, raw, f"keys entry #{i}", _SEED_FIELDS, limiter))
+        for i, (raw, item) in enumerate(data.items()):
+            digest, p = _entry(item, raw, f"entry[{i}]", _SEED_FIELDS, limiter)
+            out.append((f"entry[{i}] ({p.name})", digest, p))
     else:
         raise KeysFileError("the keys file must be a mapping with a 'keys:' list (see docs/api-keys.md)")
     return out
 
 
-def parse_env_keys(value: str, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """``GPTOSS_API_KEYS``: comma-separated raw keys, named env-key-1..N, permission ``all``."""
-    out: list[tuple[bytes, Principal]] = []
+def parse_keys_data(data: Any, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
+    """Entries from a parsed keys document: ``{keys: [...]}``, a bare list, or the seed dict format.
+
+    Errors name an entry by its position, counted from 0 (``keys[3]``, or ``entry[3]`` in the
+    seed format), and by its name once that is known to be valid; never by its key.
+    """
+    return [(d, p) for _, d, p in _parse_located(data, limiter)]
+
+
+def _parse_env_located(value: str, limiter: RateLimiter | None) -> list[_Located]:
+    out: list[_Located] = []
     items = [v.strip() for v in value.split(",") if v.strip()]
     for i, raw in enumerate(items, 1):
         digest = _digest_of(raw, f"GPTOSS_API_KEYS item #{i}")
-        out.append((digest, Principal(name=f"env-key-{i}", _limiter=limiter)))
+        name = f"env-key-{i}"
+        out.append((f"GPTOSS_API_KEYS item #{i} ({name})", digest, Principal(name=name, _limiter=limiter)))
     return out
 
 
-def _index(entries: Iterable[tuple[bytes, Principal]]) -> dict[bytes, Principal]:
-    table: dict[bytes, Principal] = {}
-    names: set[str] = set()
-    for digest, p in entries:
+def parse_env_keys(value: str, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
+    """``GPTOSS_API_KEYS``: comma-separated raw keys, named env-key-1..N, permission ``all``."""
+    return [(d, p) for _, d, p in _parse_env_located(value, limiter)]
+
+
+def _index(entries: Iterable[_Located]) -> dict[bytes, Principal]:
+    """digest -> Principal; rejects a repeated name or key, naming both entries by position."""
+    table: dict[bytes, tuple[str, Principal]] = {}
+    names: dict[str, str] = {}
+    for where, digest, p in entries:
         if p.name in names:
-            raise KeysFileError(f"duplicate key name '{p.name}'")
+            raise KeysFileError(f"{where}: duplicate key name '{p.name}' (also {names[p.name]})")
         if digest in table:
-            raise KeysFileError(f"keys '{table[digest].name}' and '{p.name}' are the same key")
-        names.add(p.name)
-        table[digest] = p
-    return table
+            raise KeysFileError(f"{where}: the same key as {table[digest][0]}")
+        names[p.name] = where
+        table[digest] = (where, p)
+    return {d: p for d, (_, p) in table.items()}
 
 
-def load_keys_file(path: str | os.PathLike[str], limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """Read and validate one keys file; raises KeysFileError (message safe to log)."""
+def _load_located(path: str | os.PathLike[str], limiter: RateLimiter | None) -> list[_Located]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KeysFileError(f"keys file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise KeysFileError(f"cannot read keys file {path}: {type(e).__name__}") from None
-    entries = parse_keys_data(_parse_text(text), limiter)
+    entries = _parse_located(_parse_text(text), limiter)
     _index(entries)  # duplicate check within the file
     return entries
+
+
+def load_keys_file(path: str | os.PathLike[str], limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
+    """Read and validate one keys file; raises KeysFileError (message safe to log)."""
+    return [(d, p) for _, d, p in _load_located(path, limiter)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,7 +667,7 @@ class KeyStore:
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.limiter = RateLimiter(clock)
-        self._env_entries = parse_env_keys(env_keys, self.limiter)
+        self._env_entries = _parse_env_located(env_keys, self.limiter)
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -591,7 +683,7 @@ class KeyStore:
         return store
 
     def _build(self) -> dict[bytes, tuple[bytes, Principal]]:
-        file_entries = load_keys_file(self.path, self.limiter) if self.path is not None else []
+        file_entries = _load_located(self.path, self.limiter) if self.path is not None else []
         return {d: (d, p) for d, p in _index([*file_entries, *self._env_entries]).items()}
 
     def __len__(self) -> int:
@@ -1096,7 +1188,7 @@ def _cmd_hash_key(args: argparse.Namespace) -> int:
 
 def _cmd_check_file(args: argparse.Namespace) -> int:
     try:
-        table = _index(load_keys_file(args.path))
+        table = _index(_load_located(args.path, None))
     except KeysFileError as e:
         print(f"{args.path}: INVALID: {e}", file=sys.stderr)
         return 1

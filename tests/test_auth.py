@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -905,6 +906,104 @@ def test_cli_errors_and_hash_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 # ---------------------------------------------------------------------------------------------
+# Keys-file errors never show a key
+# ---------------------------------------------------------------------------------------------
+
+SECRET = "sk-LEAKCANARY-0123456789abcdef"  # recognisable; must never appear in an error or a log
+
+LEAKY_FILES = {
+    "seed dict inside the list": (f"keys:\n  - {SECRET}: {{user: a}}\n", "keys[0]"),
+    "seed dict under keys:": (f"keys:\n  {SECRET}: {{user: a}}\n", "list"),
+    "extra top-level field": (f"keys:\n  - name: a\n    key: {K_ALL}\n{SECRET}: {{user: b}}\n", "top-level"),
+    "name and key swapped": (f"keys:\n  - name: {SECRET}\n    key: alice\n", "keys[0]"),
+    "name is the key": (f"keys:\n  - name: alicealicealicealice\n    key: alicealicealicealice\n", "keys[0]"),
+    "key as a permission": (f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: [{SECRET}]\n", "keys[0] (a)"),
+    "key as a limit": (f"keys:\n  - name: a\n    key: {K_ALL}\n    limits: {{{SECRET}: 3}}\n", "keys[0] (a)"),
+    "typo next to a key": (f"keys:\n  - name: a\n    key: {SECRET}\n    permision: [chat]\n", "'permision'"),
+    "key with a space": (f"keys:\n  - name: a\n    key: '{SECRET} x'\n", "keys[0] (a)"),
+    "bare string entry": (f"keys:\n  - {SECRET}\n", "keys[0]"),
+    "yaml alias": (f"keys:\n  - name: a\n    key: *{SECRET}\n", "invalid YAML"),
+    "yaml tag": (f"keys:\n  - name: a\n    key: !{SECRET} x\n", "invalid YAML"),
+    "seed: bad user": (json.dumps({SECRET: {"user": "has space"}}), "entry[0]"),
+    "seed: unknown field": (json.dumps({SECRET: {"user": "a", "permision": ["chat"]}}), "entry[0] (a)"),
+    "seed: secret as field": (json.dumps({K_ALL: {"user": "a", SECRET: 1}}), "entry[0] (a)"),
+    "seed: not a mapping": (json.dumps({SECRET: "admin"}), "entry[0]"),
+    "seed: user is the key": (json.dumps({SECRET: {"user": SECRET}}), "entry[0]"),
+    "seed: third entry bad": (
+        json.dumps({K_ALL: {"user": "a"}, K_CHAT: {"user": "b"}, SECRET: {"user": "c", "permissions": ["root"]}}),
+        "entry[2] (c)",
+    ),
+    "third entry bad": (
+        f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: b\n    key: {K_CHAT}\n"
+        f"  - name: c\n    key: {SECRET}\n    permissions: [root]\n",
+        "keys[2] (c)",
+    ),
+    "duplicate name": (f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: a\n    key: {SECRET}\n", "keys[1] (a)"),
+    "duplicate key": (f"keys:\n  - name: a\n    key: {SECRET}\n  - name: b\n    key: {SECRET}\n", "keys[0] (a)"),
+}
+
+
+def _secret_free(text: str) -> None:
+    assert SECRET not in text
+    assert SECRET.lower() not in text.lower()
+    assert SECRET[3:] not in text  # not even without the prefix
+    assert "alicealicealicealice" not in text
+    assert hashlib.sha256(SECRET.encode()).hexdigest() not in text
+
+
+@pytest.mark.parametrize("case", list(LEAKY_FILES.values()), ids=list(LEAKY_FILES))
+def test_keys_file_errors_never_show_the_key(
+    tmp_path: Path, case: tuple[str, str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, where = case
+    f = tmp_path / "keys.yaml"
+    f.write_text(text)
+    with pytest.raises(KeysFileError) as ei:
+        KeyStore(f)
+    message = str(ei.value)
+    assert where in message, message
+    _secret_free(message)
+    _secret_free(repr(ei.value))
+    _secret_free("".join(traceback.format_exception(ei.value)))  # what logger.exception would print
+
+    # The same file on a reload: the ERROR log names the entry, never the key.
+    write_keys(f, [{"name": "good", "key": K_ALL}])
+    f.chmod(0o600)
+    store = KeyStore(f)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    f.write_text(text)
+    assert store.reload() is False
+    assert any(r.levelno == logging.ERROR and where in r.getMessage() for r in caplog.records), caplog.text
+    _secret_free(caplog.text)
+    assert store.authenticate(K_ALL) is not None
+
+    # And check-file.
+    capsys.readouterr()
+    assert auth.main(["check-file", str(f)]) == 1
+    out = capsys.readouterr()
+    assert "INVALID" in out.err and where in out.err
+    _secret_free(out.out + out.err)
+
+
+def test_error_names_the_entry_by_position_and_name(tmp_path: Path) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text(f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: bob\n    key: {K_CHAT}\n    limits: {{rpm: 0}}\n")
+    with pytest.raises(KeysFileError, match=r"^keys\[1\] \(bob\): limit 'rpm' must be a positive integer"):
+        KeyStore(f)
+    f.write_text(f"keys:\n  - name: a\n    key: {K_ALL}\n  - name: b c\n    key: {K_CHAT}\n")
+    with pytest.raises(KeysFileError, match=r"^keys\[1\]: 'name' must be"):  # an invalid name is not shown
+        KeyStore(f)
+
+
+def test_cli_new_key_refuses_a_key_as_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert auth.main(["new-key", "--name", SECRET]) == 2
+    err = capsys.readouterr().err
+    assert "looks like an API key" in err
+    _secret_free(err)
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings keep GPTOSS_API_KEYS secret
 # ---------------------------------------------------------------------------------------------
 
@@ -920,3 +1019,11 @@ def test_settings_api_keys_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     from_env = Settings()
     assert key not in repr(from_env) and from_env.api_keys.get_secret_value() == key
     assert KeyStore.from_settings(make_settings(api_keys=key)).authenticate(key) is not None
+
+
+def test_deeply_nested_file_is_a_keys_file_error(tmp_path: Path) -> None:
+    f = tmp_path / "k.yaml"
+    for text in ("[" * 100_000, "{" + '"a": {' * 100_000):
+        f.write_text(text)
+        with pytest.raises(KeysFileError):
+            KeyStore(f)
