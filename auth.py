@@ -95,7 +95,7 @@ _LIMIT_FIELDS = ("rpm", "tpm", "concurrency")
 
 _HOW_TO_ADD_KEYS = (
     "No API keys are configured, and authentication is on (secure by default). Either:\n"
-    '  1. create a keys file:  echo "keys:" > keys.yaml && '
+    '  1. create a keys file:  echo "keys:" > keys.yaml && chmod 600 keys.yaml && '
     "python auth.py new-key --name NAME >> keys.yaml\n"
     "     then start the server with  GPTOSS_KEYS_FILE=keys.yaml\n"
     "  2. or pass keys directly:  GPTOSS_API_KEYS=sk-your-long-random-key[,sk-another-key]\n"
@@ -620,6 +620,17 @@ def _index(entries: Iterable[_Located]) -> dict[bytes, Principal]:
     return {d: p for d, (_, p) in table.items()}
 
 
+def _open_mode(path: Path) -> int | None:
+    """The permission bits of ``path`` if group or others have any access to it, else None."""
+    if os.name != "posix":
+        return None  # Windows: st_mode does not describe ACLs
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None
+
+
 def _load_located(path: str | os.PathLike[str], limiter: RateLimiter | None) -> list[_Located]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -683,7 +694,19 @@ class KeyStore:
         return store
 
     def _build(self) -> dict[bytes, tuple[bytes, Principal]]:
-        file_entries = _load_located(self.path, self.limiter) if self.path is not None else []
+        """The new table. Warns if the file is not private."""
+        file_entries: list[_Located] = []
+        if self.path is not None:
+            file_entries = _load_located(self.path, self.limiter)
+            mode = _open_mode(self.path)
+            if mode is not None:
+                logger.warning(
+                    "API keys file %s can be accessed by group or others (mode %04o); make it readable by "
+                    "the server's user only: chmod 600 %s",
+                    self.path,
+                    mode,
+                    self.path,
+                )
         return {d: (d, p) for d, p in _index([*file_entries, *self._env_entries]).items()}
 
     def __len__(self) -> int:
@@ -1192,6 +1215,12 @@ def _cmd_check_file(args: argparse.Namespace) -> int:
     except KeysFileError as e:
         print(f"{args.path}: INVALID: {e}", file=sys.stderr)
         return 1
+    mode = _open_mode(Path(args.path))
+    if mode is not None:
+        print(
+            f"{args.path}: warning: group or others can access it (mode {mode:04o}); chmod 600 {args.path}",
+            file=sys.stderr,
+        )
     print(f"{args.path}: OK, {len(table)} keys")
     for p in sorted(table.values(), key=lambda p: p.name):
         models = ",".join(sorted(p.models)) if p.models is not None else "(all)"

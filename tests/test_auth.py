@@ -1004,6 +1004,40 @@ def test_cli_new_key_refuses_a_key_as_name(capsys: pytest.CaptureFixture[str]) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Keys-file permissions
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_warns_once_per_load_when_keys_file_is_not_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.WARNING, logger="auth")
+    f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}])
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "chmod 600" in r.msg]
+
+    f.chmod(0o600)
+    store = KeyStore(f)
+    assert store.reload() is True
+    assert warnings() == []
+    f.chmod(0o640)
+    store = KeyStore(f)
+    assert len(warnings()) == 1 and "0640" in warnings()[0]
+    assert store.reload() is True
+    assert len(warnings()) == 2  # once per load
+    assert auth.main(["check-file", str(f)]) == 0
+    out = capsys.readouterr()
+    assert "chmod 600" in out.err and "OK, 1 keys" in out.out
+    f.chmod(0o604)
+    caplog.clear()
+    KeyStore(f)
+    assert len(warnings()) == 1
+    assert K_ALL not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings keep GPTOSS_API_KEYS secret
 # ---------------------------------------------------------------------------------------------
 
