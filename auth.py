@@ -683,7 +683,8 @@ class KeyStore:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._signature = _file_signature(self.path) if self.path else None
-        self._table = self._build()  # raises KeysFileError: a broken file at start is fatal
+        # Raises KeysFileError: a broken file at start is fatal.
+        self._table, self._file_key_count = self._build()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> KeyStore:
@@ -693,8 +694,8 @@ class KeyStore:
             raise NoKeysConfigured()
         return store
 
-    def _build(self) -> dict[bytes, tuple[bytes, Principal]]:
-        """The new table. Warns if the file is not private."""
+    def _build(self) -> tuple[dict[bytes, tuple[bytes, Principal]], int]:
+        """(the new table, how many of its keys came from the file). Warns if the file is not private."""
         file_entries: list[_Located] = []
         if self.path is not None:
             file_entries = _load_located(self.path, self.limiter)
@@ -707,7 +708,8 @@ class KeyStore:
                     mode,
                     self.path,
                 )
-        return {d: (d, p) for d, p in _index([*file_entries, *self._env_entries]).items()}
+        table = {d: (d, p) for d, p in _index([*file_entries, *self._env_entries]).items()}
+        return table, len(file_entries)
 
     def __len__(self) -> int:
         return len(self._table)
@@ -735,12 +737,21 @@ class KeyStore:
         return None
 
     def reload(self) -> bool:
-        """Re-read the keys file. On error keep the current keys, log an ERROR and return False."""
+        """Re-read the keys file. On error keep the current keys, log an ERROR and return False.
+
+        A file that now holds no key at all, where it held some before, counts as an error: it is
+        far more likely half-written (an editor or ``>`` truncates before it writes) than meant to
+        lock everyone out. The next change of the file is picked up as usual.
+        """
         with self._lock:
             if self.path is not None:
                 self._signature = _file_signature(self.path)
             try:
-                table = self._build()
+                table, file_keys = self._build()
+                if file_keys == 0 and self._file_key_count > 0:
+                    raise KeysFileError(
+                        "it has no keys (empty or half-written?); to revoke every key, stop the server"
+                    )
             except KeysFileError as e:
                 logger.error(
                     "Reloading API keys from %s failed: %s. Keeping the %d keys loaded before.",
@@ -749,7 +760,7 @@ class KeyStore:
                     len(self._table),
                 )
                 return False
-            self._table = table
+            self._table, self._file_key_count = table, file_keys
             self.limiter.retain(p.name for _, p in table.values())
         names = self.names
         if names:

@@ -1055,6 +1055,68 @@ def test_settings_api_keys_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert KeyStore.from_settings(make_settings(api_keys=key)).authenticate(key) is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# A reload of an empty or half-written file keeps the old keys
+# ---------------------------------------------------------------------------------------------
+
+BROKEN_RELOADS: dict[str, str | bytes] = {
+    "empty": "",
+    "blank": "  \n\n",
+    "keys: only": "keys:\n",
+    "empty list": "keys: []\n",
+    "empty mapping": "{}\n",
+    "null": "null\n",
+    "garbage": "}{:[ ,,\n\t",
+    "binary": b"\xff\xfe\x00\x01keys",
+    "truncated mid-key": f"keys:\n  - name: a\n    key: {K_ALL[:8]}",
+    "truncated mid-entry": f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: [cha",
+    "truncated mid-name": "keys:\n  - na",
+    "truncated JSON": json.dumps({K_ALL: {"user": "a"}, K_CHAT: {"user": "b"}})[:30],
+}
+
+
+@pytest.mark.parametrize("content", list(BROKEN_RELOADS.values()), ids=list(BROKEN_RELOADS))
+def test_reload_of_empty_or_half_written_file_keeps_old_keys(
+    tmp_path: Path, content: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}, {"name": "c", "key": K_CHAT}])
+    store = KeyStore(f)
+    m = mw(store)
+    caplog.set_level(logging.DEBUG)
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    else:
+        f.write_text(content)
+    assert store.reload() is False
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Keeping the 2 keys" in errors[0].getMessage()
+    assert store.names == ["a", "c"]
+    assert call(m, "/v1/models", key=K_ALL).json()["principal"] == "a"
+    assert call(m, "/v1/models", key=K_CHAT).json()["principal"] == "c"
+    for k in (K_ALL, K_CHAT, K_ALL[:8]):
+        assert k not in caplog.text
+    write_keys(f, [{"name": "b", "key": K_COMP}])  # the write completes: picked up as usual
+    assert store.reload() is True
+    assert store.names == ["b"] and store.authenticate(K_ALL) is None
+
+
+def test_empty_file_reload_is_fine_when_it_had_no_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "k.yaml"
+    f.write_text("keys:\n")
+    f.chmod(0o600)
+    env = "sk-env-only-0000000000000"
+    store = KeyStore(f, env)  # keys from GPTOSS_API_KEYS only, an empty file next to them
+    caplog.set_level(logging.WARNING)
+    f.write_text("keys: []\n")
+    assert store.reload() is True
+    assert caplog.records == []
+    assert store.authenticate(env) is not None
+    write_keys(f, [{"name": "a", "key": K_ALL}])
+    assert store.reload() is True and store.names == ["a", "env-key-1"]
+    f.write_text("")  # the file's keys would all go, the env key would stay: still refused
+    assert store.reload() is False and store.names == ["a", "env-key-1"]
+
+
 def test_deeply_nested_file_is_a_keys_file_error(tmp_path: Path) -> None:
     f = tmp_path / "k.yaml"
     for text in ("[" * 100_000, "{" + '"a": {' * 100_000):
