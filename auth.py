@@ -97,6 +97,7 @@ _HOW_TO_ADD_KEYS = (
     "No API keys are configured, and authentication is on (secure by default). Either:\n"
     '  1. create a keys file:  echo "keys:" > keys.yaml && chmod 600 keys.yaml && '
     "python auth.py new-key --name NAME >> keys.yaml\n"
+    "     (the file gets the key's sha256; the key itself is printed on the terminal, once)\n"
     "     then start the server with  GPTOSS_KEYS_FILE=keys.yaml\n"
     "  2. or pass keys directly:  GPTOSS_API_KEYS=sk-your-long-random-key[,sk-another-key]\n"
     "  3. or (local testing only, never on a network) turn auth off:  GPTOSS_AUTH_DISABLED=true"
@@ -1196,14 +1197,15 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
         return 2
     key = "sk-" + secrets.token_urlsafe(32)
     order = [p for p in ("all", "chat", "completions", "models", "generate") if p in perms]
-    lines = [f"  - name: {_q(name)}", f"    key: {_q(hash_key(key) if args.hashed else key)}"]
+    lines = [f"  - name: {_q(name)}", f"    key: {_q(key if args.plain else hash_key(key))}"]
     lines.append(f"    permissions: {_flow_list(order)}")
     if models:
         lines.append(f"    models: {_flow_list(sorted(models))}")
     if limits:
         lines.append("    limits: {" + ", ".join(f"{k}: {v}" for k, v in limits.items()) + "}")
     sys.stdout.write("\n".join(lines) + "\n")
-    if args.hashed:
+    sys.stdout.flush()
+    if not args.plain:  # stderr, so that `>> keys.yaml` appends only the entry and the terminal shows the key
         print(
             f"API key for '{name}' (shown once; hand it to the user, it is not stored anywhere):\n{key}",
             file=sys.stderr,
@@ -1248,7 +1250,8 @@ def main(argv: list[str] | None = None) -> int:
     new = sub.add_parser(
         "new-key",
         help="generate a key and print a keys-file entry",
-        description="Print a new entry for keys.yaml. Typical use: python auth.py new-key --name alice >> keys.yaml",
+        description="Print a new entry for keys.yaml on stdout, with the key's sha256; the key itself goes to "
+        "stderr, once. Typical use: python auth.py new-key --name alice >> keys.yaml",
     )
     new.add_argument("--name", required=True, help="label shown in logs and metrics (never the key)")
     new.add_argument("--permissions", help="comma-separated: all, chat, completions, models, generate (default all)")
@@ -1256,9 +1259,11 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--rpm", type=int, help="requests per minute")
     new.add_argument("--tpm", type=int, help="tokens per minute")
     new.add_argument("--concurrency", type=int, help="requests in flight at once")
-    new.add_argument(
-        "--hashed", action="store_true", help="store only sha256 in the entry; print the key itself on stderr"
+    form = new.add_mutually_exclusive_group()
+    form.add_argument(
+        "--plain", action="store_true", help="put the key itself in the entry (stdout) instead of its sha256"
     )
+    form.add_argument("--hashed", action="store_true", help="the default (kept for old scripts): store only sha256")
     new.set_defaults(func=_cmd_new_key)
 
     hk = sub.add_parser("hash-key", help="print sha256:<hex> of a key (use - to read it from stdin)")

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -863,18 +865,27 @@ def test_cli_new_key_appends_and_authenticates(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr()
     with f.open("a") as fh:
         fh.write(out.out)
-    assert auth.main(["new-key", "--name", "bob", "--hashed"]) == 0
+    alice_key = out.err.strip().splitlines()[-1]  # the key goes to stderr (the terminal), once
+    assert "shown once" in out.err
+    assert alice_key.startswith("sk-") and len(alice_key) >= 40 and alice_key not in out.out
+    assert auth.main(["new-key", "--name", "bob", "--hashed"]) == 0  # the old flag: same as the default
     hashed = capsys.readouterr()
     with f.open("a") as fh:
         fh.write(hashed.out)
+    assert auth.main(["new-key", "--name", "carol", "--plain"]) == 0
+    plain = capsys.readouterr()
+    assert plain.err == ""
+    with f.open("a") as fh:
+        fh.write(plain.out)
 
     entries = yaml.safe_load(f.read_text())["keys"]
-    assert [e["name"] for e in entries] == ["alice", "bob"]
-    alice_key = entries[0]["key"]
-    assert alice_key.startswith("sk-") and len(alice_key) >= 40
-    assert entries[1]["key"].startswith("sha256:")
+    assert [e["name"] for e in entries] == ["alice", "bob", "carol"]
+    assert entries[0]["key"] == auth.hash_key(alice_key)
     bob_key = hashed.err.strip().splitlines()[-1]
+    assert entries[1]["key"] == auth.hash_key(bob_key)
     assert bob_key.startswith("sk-") and bob_key not in hashed.out
+    carol_key = entries[2]["key"]
+    assert carol_key.startswith("sk-") and len(carol_key) >= 40
 
     store = KeyStore(f)
     alice = store.authenticate(alice_key)
@@ -885,11 +896,30 @@ def test_cli_new_key_appends_and_authenticates(tmp_path: Path, capsys: pytest.Ca
     assert call(m, "/v1/chat/completions", key=alice_key).json()["principal"] == "alice"
     assert call(m, "/generate", key=alice_key).status == 403
     assert call(m, "/generate", key=bob_key).json()["principal"] == "bob"
+    assert call(m, "/generate", key=carol_key).json()["principal"] == "carol"
 
     assert auth.main(["check-file", str(f)]) == 0
     listing = capsys.readouterr().out
     assert "alice: permissions=chat,completions" in listing and "bob: permissions=all" in listing
-    assert alice_key not in listing
+    assert alice_key not in listing and carol_key not in listing
+    with pytest.raises(SystemExit):  # one or the other
+        auth.main(["new-key", "--name", "dave", "--plain", "--hashed"])
+
+
+def test_cli_new_key_appended_by_a_shell(tmp_path: Path) -> None:
+    """The README's `auth.py new-key --name alice >> keys.yaml`: a working file, the key on stderr."""
+    f = tmp_path / "keys.yaml"
+    f.write_text("keys:\n")
+    script = Path(auth.__file__)
+    with f.open("a") as out:
+        done = subprocess.run(
+            [sys.executable, str(script), "new-key", "--name", "alice"],
+            stdout=out, stderr=subprocess.PIPE, text=True, cwd=script.parent, timeout=60, check=True,
+        )
+    key = done.stderr.strip().splitlines()[-1]
+    assert key not in f.read_text()
+    store = KeyStore(f)
+    assert store.authenticate(key) is not None and store.names == ["alice"]
 
 
 def test_cli_errors_and_hash_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
