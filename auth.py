@@ -968,6 +968,18 @@ def _is_plain(path: str) -> bool:
     return all(seg not in ("", ".", "..") for seg in inner)
 
 
+def _is_cors_preflight(scope: Mapping[str, Any]) -> bool:
+    """OPTIONS with ``Origin`` and ``Access-Control-Request-Method``: what a browser sends, without a key.
+
+    Any other OPTIONS request needs a key like every request, so that OPTIONS cannot be used to
+    reach a route (or probe one) unauthenticated.
+    """
+    if scope.get("method", "GET").upper() != "OPTIONS":
+        return False
+    names = {bytes(k).lower() for k, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
 class AuthMiddleware:
     """Pure ASGI middleware: default deny, Bearer keys, per-route permissions, per-key limits.
 
@@ -1028,8 +1040,8 @@ class AuthMiddleware:
         """Exact-match allowlist; the raw path must be the same string (no encoding tricks)."""
         if scope["type"] != "http":
             return False
-        if scope.get("method", "GET").upper() == "OPTIONS":
-            return True  # CORS preflight (the CORS middleware inside answers it)
+        if _is_cors_preflight(scope):
+            return True  # the CORS middleware inside answers it; a browser never sends a key with it
         path = scope.get("path", "")
         raw = _raw_path_str(scope)
         if raw is not None and raw != path:

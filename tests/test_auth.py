@@ -289,10 +289,14 @@ def test_probes_stay_open_when_docs_and_metrics_are_private(store_file: Path) ->
         assert call(m, path).status == 200
 
 
-def test_options_is_open_and_lifespan_passes(store_file: Path) -> None:
+PREFLIGHT = [(b"origin", b"https://app.example"), (b"access-control-request-method", b"POST")]
+
+
+def test_cors_preflight_is_open_and_lifespan_passes(store_file: Path) -> None:
     app = Echo()
     m = mw(KeyStore(store_file), app=app)
-    assert call(m, "/v1/chat/completions", method="OPTIONS").status == 200
+    r = call(m, "/v1/chat/completions", method="OPTIONS", headers=PREFLIGHT)
+    assert r.status == 200 and r.json()["principal"] is None
 
     async def lifespan() -> None:
         async def receive() -> dict[str, Any]:
@@ -305,6 +309,31 @@ def test_options_is_open_and_lifespan_passes(store_file: Path) -> None:
 
     asyncio.run(lifespan())
     assert [c["type"] for c in app.calls] == ["http", "lifespan"]
+
+
+NOT_PREFLIGHT = {
+    "no headers": [],
+    "only Origin": PREFLIGHT[:1],
+    "only Access-Control-Request-Method": PREFLIGHT[1:],
+}
+
+
+@pytest.mark.parametrize("headers", list(NOT_PREFLIGHT.values()), ids=list(NOT_PREFLIGHT))
+def test_options_without_preflight_headers_needs_a_key(store_file: Path, headers: list[tuple[bytes, bytes]]) -> None:
+    app = Echo()
+    m = mw(KeyStore(store_file), app=app)
+    for path in ("/v1/chat/completions", "/admin"):
+        assert_401(call(m, path, method="OPTIONS", headers=headers))
+    assert app.calls == []
+    # With a key it is an ordinary request: the route's permission applies.
+    assert call(m, "/v1/chat/completions", method="OPTIONS", headers=headers, key=K_CHAT).status == 200
+    assert call(m, "/v1/chat/completions", method="OPTIONS", headers=headers, key=K_GEN).status == 403
+
+
+def test_preflight_header_names_are_case_insensitive(store_file: Path) -> None:
+    headers = [(b"Origin", b"https://app.example"), (b"Access-Control-Request-Method", b"POST")]
+    assert call(mw(KeyStore(store_file)), "/v1/models", method="options", headers=headers).status == 200
+    assert_401(call(mw(KeyStore(store_file)), "/v1/models", method="GET", headers=headers))  # GET is no preflight
 
 
 TRICKS = {

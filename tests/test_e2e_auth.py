@@ -58,3 +58,12 @@ def test_rate_limit(server: RemoteServer):
     with pytest.raises(openai.RateLimitError) as info:
         client.models.list()
     assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+def test_options_needs_a_key_unless_cors_preflight(server: RemoteServer):
+    url = server.url("/v1/chat/completions")
+    bare = httpx.options(url)
+    assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.options(url, headers={"Origin": "https://app.example"}).status_code == 401
+    preflight = httpx.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code != 401  # past auth; whatever the app answers to a preflight
