@@ -50,6 +50,7 @@ __all__ = [
     "NoKeysConfigured",
     "Principal",
     "RateLimiter",
+    "Reservation",
     "charge_tokens",
     "check_model_access",
     "get_key_store",
@@ -59,6 +60,7 @@ __all__ = [
     "log_auth_mode",
     "main",
     "required_permissions",
+    "reserve_tokens",
     "reset_key_store",
     "validate_auth_config",
 ]
@@ -125,7 +127,7 @@ class Limits:
     """Per-key limits; ``None`` = unlimited."""
 
     rpm: int | None = None  # requests per rolling 60 s
-    tpm: int | None = None  # tokens per rolling 60 s (charged with charge_tokens)
+    tpm: int | None = None  # tokens per rolling 60 s (reserve_tokens at admission, or charge_tokens)
     concurrency: int | None = None  # requests in flight at once
 
     @property
@@ -195,11 +197,36 @@ def charge_tokens(principal: Any, n: int) -> None:
     """Count ``n`` tokens against the key's tokens-per-minute limit (call after a response).
 
     Accepts a Principal (or a scope / request.state holding one); does nothing for ``None``.
+    Charging after the fact lets concurrent requests all pass the tpm check; prefer
+    :func:`reserve_tokens` at admission and :meth:`Reservation.settle` at the end (never both
+    for one request, or its tokens count twice).
     """
     p = get_principal(principal)
     if p is None or p._limiter is None or n <= 0:
         return
     p._limiter.charge(p, int(n))
+
+
+def reserve_tokens(principal: Any, n: int) -> Reservation:
+    """Hold ``n`` tokens of the key's tpm window for one request, at admission; settle at the end.
+
+    ``n`` is the most the request can use: ``prompt_tokens + max_tokens * n_choices``. Raises
+    ``APIError(429, code="rate_limit_exceeded")`` with ``Retry-After`` and ``x-ratelimit-*`` headers
+    when the last 60 s plus ``n`` would exceed the key's tpm, so concurrent requests cannot
+    overshoot it. A request with ``n`` above the whole tpm limit can never fit: it gets a 429 that
+    says so, with ``x-should-retry: false`` and no ``Retry-After`` (the openai SDKs then do not retry).
+    Accepts a Principal, a scope or ``request.state``; for ``None`` (auth disabled), a key without
+    a tpm limit or ``n <= 0`` it returns a Reservation whose ``settle`` does nothing.
+    Then call ``reservation.settle(used_tokens)`` once the request ends (in a ``finally``).
+    """
+    p = get_principal(principal)
+    if p is None or p._limiter is None:
+        return Reservation(None, 0)
+    try:
+        return p._limiter.reserve(p, int(n))
+    except RateLimited as e:
+        logger.info("429 for key '%s': %s", p.name, e.message)
+        raise APIError(429, e.message, code="rate_limit_exceeded", headers=e.headers) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +251,47 @@ class _KeyState:
         self.tokens: deque[list[float]] = deque()  # [time, tokens], coalesced per second
         self.token_sum = 0
         self.in_flight = 0
+
+
+class Reservation:
+    """Tokens one request holds in its key's tpm window, from admission until :meth:`settle`.
+
+    Holds no key material (only the key's name), so it is safe to log or repr.
+    """
+
+    __slots__ = ("name", "tokens", "_limiter", "_state", "_bucket", "_settled")
+
+    def __init__(
+        self,
+        limiter: RateLimiter | None,
+        tokens: int,
+        name: str | None = None,
+        state: _KeyState | None = None,
+        bucket: list[float] | None = None,
+    ) -> None:
+        self.name = name
+        self.tokens = tokens  # reserved at admission
+        self._limiter = limiter
+        self._state = state
+        self._bucket = bucket
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def settle(self, used_tokens: int) -> None:
+        """The request used ``used_tokens``: refund the unused part (or charge any excess).
+
+        Idempotent: only the first call counts. Call it exactly once per request, in a finally.
+        """
+        if self._limiter is None:
+            self._settled = True
+            return
+        self._limiter._settle(self, int(used_tokens))
+
+    def __repr__(self) -> str:
+        return f"Reservation(name={self.name!r}, tokens={self.tokens}, settled={self._settled})"
 
 
 def _duration(seconds: float) -> str:
@@ -265,14 +333,24 @@ class RateLimiter:
             h["x-ratelimit-reset-tokens"] = _duration(reset)
         return h
 
-    def _tokens_retry(self, st: _KeyState, tpm: int, now: float) -> float:
-        """Seconds until the window's tokens drop below ``tpm``."""
+    def _tokens_retry(self, st: _KeyState, tpm: int, now: float, need: int = 1) -> float:
+        """Seconds until the window has room for ``need`` more tokens under ``tpm``."""
         remaining = st.token_sum
         for ts, n in st.tokens:
             remaining -= int(n)
-            if remaining < tpm:
+            if remaining + need <= tpm:
                 return ts + WINDOW_SECONDS - now
         return WINDOW_SECONDS
+
+    @staticmethod
+    def _add_tokens(st: _KeyState, n: int, now: float) -> list[float]:
+        """Add ``n`` tokens at ``now`` (coalesced per second: bounded memory); returns the bucket."""
+        if st.tokens and int(st.tokens[-1][0]) == int(now):
+            st.tokens[-1][1] += n
+        else:
+            st.tokens.append([now, n])
+        st.token_sum += n
+        return st.tokens[-1]
 
     def acquire(self, principal: Principal, now: float | None = None) -> dict[str, str]:
         """Admit one request or raise RateLimited. Returns the x-ratelimit-* headers to send."""
@@ -290,7 +368,7 @@ class RateLimiter:
                 wait = st.requests[0] + WINDOW_SECONDS - now
                 problem = (f"Rate limit reached: {limits.rpm} requests per minute for this API key.", wait)
             elif limits.tpm is not None and st.token_sum >= limits.tpm:
-                wait = self._tokens_retry(st, limits.tpm, now)
+                wait = self._tokens_retry(st, limits.tpm, now, need=1)
                 problem = (f"Rate limit reached: {limits.tpm} tokens per minute for this API key.", wait)
             if problem is not None:
                 message, wait = problem
@@ -320,11 +398,64 @@ class RateLimiter:
         with self._lock:
             st = self._states.setdefault(principal.name, _KeyState())
             self._prune(st, now)
-            if st.tokens and int(st.tokens[-1][0]) == int(now):
-                st.tokens[-1][1] += n  # coalesce per second: bounded memory
-            else:
-                st.tokens.append([now, n])
-            st.token_sum += n
+            self._add_tokens(st, n, now)
+
+    def reserve(self, principal: Principal, n: int, now: float | None = None) -> Reservation:
+        """Put ``n`` tokens into the key's tpm window now, or raise RateLimited if they do not fit.
+
+        Checking and adding under one lock is what keeps concurrent requests within tpm. See
+        :func:`reserve_tokens` for the rules; this is its lock-holding half.
+        """
+        tpm = principal.limits.tpm
+        if tpm is None or n <= 0:
+            return Reservation(None, 0, principal.name)
+        now = self.clock() if now is None else now
+        with self._lock:
+            st = self._states.setdefault(principal.name, _KeyState())
+            self._prune(st, now)
+            if n > tpm:
+                headers = self._headers(principal.limits, st, now)
+                headers["x-should-retry"] = "false"
+                raise RateLimited(
+                    f"Request too large for this API key's limit of {tpm} tokens per minute: it may use up "
+                    f"to {n} tokens (prompt + max_tokens x n), so it can never fit. Reduce max_tokens, n or "
+                    "the prompt.",
+                    headers,
+                )
+            if st.token_sum + n > tpm:
+                retry = max(1, math.ceil(self._tokens_retry(st, tpm, now, need=n)))
+                headers = self._headers(principal.limits, st, now)
+                headers["retry-after"] = str(retry)
+                left = max(0, tpm - st.token_sum)
+                raise RateLimited(
+                    f"Rate limit reached: {tpm} tokens per minute for this API key (this request may use up "
+                    f"to {n} tokens, {left} are left). Please retry after {retry} s.",
+                    headers,
+                )
+            bucket = self._add_tokens(st, n, now)
+            return Reservation(self, n, principal.name, st, bucket)
+
+    def _settle(self, res: Reservation, used: int, now: float | None = None) -> None:
+        """Reservation.settle: give back ``tokens - used`` if still in the window; charge any excess."""
+        used = max(0, used)
+        now = self.clock() if now is None else now
+        with self._lock:
+            if res._settled:
+                return
+            res._settled = True
+            st = res._state
+            if st is None or res.name is None or self._states.get(res.name) is not st:
+                return  # the key was removed by a reload; its state is gone
+            self._prune(st, now)
+            if used > res.tokens:
+                self._add_tokens(st, used - res.tokens, now)
+                return
+            refund = res.tokens - used
+            bucket = res._bucket
+            # Only while the bucket is still in the window: once out, its tokens no longer count.
+            if refund and bucket is not None and any(b is bucket for b in st.tokens):
+                bucket[1] -= refund
+                st.token_sum -= refund
 
     def in_flight(self, name: str) -> int:
         with self._lock:

@@ -1182,3 +1182,151 @@ def test_deeply_nested_file_is_a_keys_file_error(tmp_path: Path) -> None:
         f.write_text(text)
         with pytest.raises(KeysFileError):
             KeyStore(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token reservations
+# ---------------------------------------------------------------------------------------------
+
+
+def tpm_principal(tmp_path: Path, clock: FakeClock, tpm: int = 1000, **limits: int) -> tuple[KeyStore, Principal]:
+    store = limited_store(tmp_path, clock, tpm=tpm, **limits)
+    p = store.authenticate(K_CHAT)
+    assert p is not None
+    return store, p
+
+
+def assert_tpm_429(err: APIError) -> None:
+    assert err.status == 429
+    assert (err.type, err.code) == ("rate_limit_error", "rate_limit_exceeded")
+    assert err.body()["error"].keys() == {"message", "type", "param", "code"}
+    assert err.headers["x-ratelimit-limit-tokens"] == "1000"
+
+
+def test_concurrent_reservations_stay_within_tpm(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store, p = tpm_principal(tmp_path, clock)
+    barrier = threading.Barrier(5)
+    admitted: list[auth.Reservation] = []
+    refused: list[APIError] = []
+    lock = threading.Lock()
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            r = auth.reserve_tokens(p, 300)
+        except APIError as e:
+            with lock:
+                refused.append(e)
+        else:
+            with lock:
+                admitted.append(r)
+
+    threads = [threading.Thread(target=go) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(admitted) == 3 and len(refused) == 2
+    for e in refused:
+        assert_tpm_429(e)
+        assert e.headers["retry-after"] == "60"  # the whole window must pass
+        assert e.headers["x-ratelimit-remaining-tokens"] == "100"
+        assert "1000 tokens per minute" in e.message and "300" in e.message
+    assert store.limiter._states["lim"].token_sum == 900
+    # The middleware's own admission check sees the reserved tokens too.
+    admitted.append(auth.reserve_tokens(p, 100))
+    r = call(mw(store, clock=clock), "/v1/chat/completions", key=K_CHAT)
+    assert r.status == 429 and r.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_settle_refunds_the_unused_part_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store, p = tpm_principal(tmp_path, clock)
+    r1, r2, r3 = (auth.reserve_tokens(p, 300) for _ in range(3))
+    clock.advance(10)
+    with pytest.raises(APIError) as ei:
+        auth.reserve_tokens(p, 300)
+    assert_tpm_429(ei.value)
+    assert ei.value.headers["retry-after"] == "50"  # the reservations leave the window at t0+60
+    r1.settle(100)  # used 100 of 300: 200 back
+    assert r1.settled
+    r4 = auth.reserve_tokens({"state": {"principal": p}}, 300)  # fits now (700 + 300); a scope works too
+    assert r4.tokens == 300
+    r1.settle(0)  # idempotent: nothing more comes back
+    with pytest.raises(APIError):
+        auth.reserve_tokens(p, 1)
+    r2.settle(300)  # used all of it: nothing back
+    with pytest.raises(APIError):
+        auth.reserve_tokens(p, 1)
+    r3.settle(250)
+    auth.reserve_tokens(p, 50)
+    with pytest.raises(APIError):
+        auth.reserve_tokens(p, 1)
+    assert store.limiter._states["lim"].token_sum == 1000
+
+
+def test_reservations_leave_the_window(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store, p = tpm_principal(tmp_path, clock)
+    old = auth.reserve_tokens(p, 1000)
+    clock.advance(59)
+    with pytest.raises(APIError) as ei:
+        auth.reserve_tokens(p, 1)
+    assert ei.value.headers["retry-after"] == "1"
+    clock.advance(1)
+    new = auth.reserve_tokens(p, 1000)  # the old reservation is 60 s old: out of the window
+    old.settle(0)  # settled after it left the window: refunds nothing from the new one
+    with pytest.raises(APIError):
+        auth.reserve_tokens(p, 1)
+    assert store.limiter._states["lim"].token_sum == 1000
+    new.settle(1200)  # used more than reserved (a larger prompt than counted): the excess counts
+    assert store.limiter._states["lim"].token_sum == 1200
+    clock.advance(60)
+    auth.reserve_tokens(p, 1000)
+
+
+def test_request_larger_than_tpm_can_never_fit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store, p = tpm_principal(tmp_path, clock)
+    for _ in range(2):  # the window is empty, and stays so: a refused reservation holds nothing
+        with pytest.raises(APIError) as ei:
+            auth.reserve_tokens(p, 1001)
+        err = ei.value
+        assert_tpm_429(err)
+        assert "can never fit" in err.message and "1001" in err.message
+        assert err.headers["x-should-retry"] == "false" and "retry-after" not in err.headers
+        assert err.headers["x-ratelimit-remaining-tokens"] == "1000"
+    auth.reserve_tokens(p, 1000)  # exactly the limit fits an empty window
+
+
+def test_reservation_no_ops(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = limited_store(tmp_path, clock, rpm=5)  # "lim" has no tpm; "free" has no limits
+    for who in (None, {}, store.authenticate(K_CHAT), store.authenticate(K_ALL)):
+        r = auth.reserve_tokens(who, 10**12)
+        assert r.tokens == 0 and not r.settled
+        r.settle(10**12)
+        r.settle(5)
+        assert r.settled
+    assert "lim" not in store.limiter._states and "free" not in store.limiter._states
+    _, p = tpm_principal(tmp_path, clock, tpm=10)
+    zero = auth.reserve_tokens(p, 0)
+    zero.settle(0)
+    assert zero.tokens == 0 and "lim" not in store.limiter._states
+    assert "sk-" not in repr(auth.reserve_tokens(p, 5))
+
+
+def test_settle_after_the_key_was_removed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store, p = tpm_principal(tmp_path, clock, tpm=100)
+    r = auth.reserve_tokens(p, 100)
+    write_keys(tmp_path / "k.yaml", [{"name": "other", "key": K_ALL}])
+    assert store.reload()
+    assert "lim" not in store.limiter._states
+    r.settle(0)  # the state it belonged to is gone: nothing to refund, no error
+    write_keys(tmp_path / "k.yaml", [{"name": "lim", "key": K_CHAT, "limits": {"tpm": 100}}])
+    assert store.reload()
+    p2 = store.authenticate(K_CHAT)
+    auth.reserve_tokens(p2, 100)
+    assert store.limiter._states["lim"].token_sum == 100
