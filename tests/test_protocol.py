@@ -911,7 +911,10 @@ CHAT_COMPLETIONS = {
         model="m",
         choices=[
             P.ChatChoice(
-                index=0, message=P.ChatMessage(content=""), logprobs=P.ChoiceLogprobs(content=[]), finish_reason="length"
+                index=0,
+                message=P.ChatMessage(content=""),
+                logprobs=P.ChoiceLogprobs(content=[]),
+                finish_reason="length",
             )
         ],
         usage=P.Usage.build(1, 0, reasoning_tokens=0),
@@ -954,7 +957,9 @@ CHAT_CHUNKS = {
         ],
     ),
     "finish": lambda: chunk(P.ChoiceDelta(), finish_reason="tool_calls"),
-    "usage": lambda: P.ChatCompletionChunk(id="c", model="m", choices=[], usage=P.Usage.build(3, 4, reasoning_tokens=2)),
+    "usage": lambda: P.ChatCompletionChunk(
+        id="c", model="m", choices=[], usage=P.Usage.build(3, 4, reasoning_tokens=2)
+    ),
     "fingerprint": lambda: chunk(P.ChoiceDelta(content="x"), system_fingerprint="fp_1"),
 }
 
