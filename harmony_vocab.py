@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
 
@@ -99,13 +100,48 @@ def ensure_vocab(cache_dir: Path) -> Path:
 @functools.lru_cache(maxsize=1)
 def load_encoding(cache_dir: Path | None = None) -> HarmonyEncoding:
     """The process-wide Harmony encoding, loaded from the verified local vocabulary."""
-    if cache_dir is None:
-        from settings import get_settings
-
-        cache_dir = get_settings().cache_dir
-    base = ensure_vocab(cache_dir)
+    base = ensure_vocab(cache_dir if cache_dir is not None else _default_cache_dir())
     logger.info("Harmony vocabulary: %s/%s (sha256 verified)", base, VOCAB_FILE)
     return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+# o200k_base's pre-tokenisation pattern, as tiktoken_ext.openai_public defines it (o200k_harmony
+# uses the same); tiktoken's own constructor would fetch the vocabulary from the internet.
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+@functools.lru_cache(maxsize=1)
+def text_encoding(cache_dir: Path | None = None) -> Any:
+    """The Harmony vocabulary as a ``tiktoken.Encoding`` (special tokens included): same ids for raw text.
+
+    tiktoken releases the GIL while it encodes, openai-harmony's encoder does not; large raw
+    prompts are encoded (and large chat inputs counted) with this one, off the event loop, so
+    other requests and /health are not held up behind them.
+    """
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    harmony = load_encoding(cache_dir)
+    base = ensure_vocab(cache_dir if cache_dir is not None else _default_cache_dir())
+    ranks = load_tiktoken_bpe(str(base / VOCAB_FILE), expected_hash=VOCAB_SHA256)
+    specials = {tok: harmony.encode(tok, allowed_special="all")[0] for tok in harmony.special_tokens_set}
+    return tiktoken.Encoding("o200k_harmony_local", pat_str=O200K_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def _default_cache_dir() -> Path:
+    from settings import get_settings
+
+    return get_settings().cache_dir
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from access_log import note, note_prompt
-from auth import charge_tokens, check_model_access, get_principal
+from auth import check_model_access, get_principal, reserve_tokens
 from engine_types import EngineError, EngineNotReady
 from errors import APIError, api_error_from
 from metrics import exposition
@@ -67,14 +67,23 @@ def _authorize_model(request: Request, model: str) -> None:
     check_model_access(get_principal(request), model)
 
 
-def _charge(request: Request, tokens: int) -> None:
-    charge_tokens(get_principal(request), tokens)
+class KeyBudget:
+    """The calling key's tpm budget (serving.Admission): held at admission, settled at the end."""
+
+    def __init__(self, request: Request) -> None:
+        self.principal = get_principal(request)
+
+    def limit(self) -> int | None:
+        return self.principal.limits.tpm if self.principal is not None else None
+
+    def reserve(self, tokens: int) -> Any:
+        return reserve_tokens(self.principal, tokens)
 
 
 def finish_job(request: Request, job: Any) -> None:
-    """After a generation: charge the key's token budget and tell the access log the usage."""
+    """After a generation: give back the unused token budget and tell the access log the usage."""
+    job.settle()
     usage = job.usage()
-    _charge(request, usage["total_tokens"])
     note(request, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
 
 
@@ -193,7 +202,8 @@ async def start_job(request: Request, body: Any, handler: type, prompt: Any) -> 
     note_prompt(request, backend.settings, prompt)
     check_model(backend, body.model)
     _authorize_model(request, body.model)
-    return await handler(backend).start(body, key_name=request.scope.get("state", {}).get("key_name"))
+    key_name = request.scope.get("state", {}).get("key_name")
+    return await handler(backend).start(body, key_name=key_name, admission=KeyBudget(request))
 
 
 async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:

@@ -17,7 +17,7 @@ import bentoml
 from access_log import AccessLogMiddleware
 from auth import AuthMiddleware, install_sighup_handler, validate_auth_config
 from errors import api_error_from
-from harmony_vocab import load_encoding
+from harmony_vocab import load_encoding, text_encoding
 from http_guard import RequestGuardMiddleware
 from loader import build_engine, engine_config
 from metrics import EngineGauges, TokenTimings
@@ -95,6 +95,7 @@ class GptOss:
             install_sighup_handler(store)
         self.settings = settings
         self.encoding = load_encoding(settings.cache_dir)
+        text_encoding()  # built now, not on the first large request (it holds the GIL)
         # Loads (and downloads a pinned checkpoint that is not baked in) in the background;
         # /health answers 503 until it is ready.
         self.engine = build_engine(settings, self._checkpoint)

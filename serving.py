@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Protocol, Sequence
 
 from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
 from errors import APIError, api_error_from, bad_request
-from harmony_vocab import ENDOFTEXT_TOKEN, HARMONY_VOCAB_SIZE
+from harmony_vocab import ENDOFTEXT_TOKEN, HARMONY_VOCAB_SIZE, text_encoding
 from harmony_mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
 from protocol import (
     ChatCompletion,
@@ -66,6 +66,32 @@ class TokenClock:
         self.last_at = now
 
 
+class Admission(Protocol):
+    """The caller's token budget (its key's tpm), held for a request from admission to its end."""
+
+    def limit(self) -> int | None:
+        """The most tokens one request may use (None: no limit)."""
+
+    def reserve(self, tokens: int) -> Any:
+        """Hold ``tokens``; the returned hold's ``settle(used)`` gives back the rest. Raises a 429 APIError."""
+
+
+class _Unlimited:
+    def limit(self) -> int | None:
+        return None
+
+    def reserve(self, tokens: int) -> Any:
+        return _NoHold()
+
+
+class _NoHold:
+    def settle(self, used_tokens: int) -> None:
+        pass
+
+
+UNLIMITED: Admission = _Unlimited()
+
+
 @dataclass
 class Backend:
     """What the routes need at run time; attached to the FastAPI app by the service."""
@@ -80,6 +106,24 @@ class Backend:
 
 # --------------------------------------------------------------------------------------------------
 # shared helpers
+
+
+#: Conversations with at least this many characters are counted before they are rendered.
+LARGE_INPUT_CHARS = 64 * 1024
+#: Large inputs are tokenised one at a time: the others wait, and a core stays free for the
+#: event loop and the engine (bounded work per request).
+_LARGE_INPUTS = asyncio.Semaphore(1)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a dumped message (content, parts, tool-call arguments, reasoning)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def sse_error(exc: BaseException) -> str:
@@ -318,12 +362,43 @@ class ChatHandler:
             reasoning_effort=req.effective_reasoning_effort(),
         )
 
-    async def start(self, req: ChatCompletionRequest, key_name: str | None = None) -> "ChatJob":
+    async def _refuse_oversized(self, req: ChatCompletionRequest) -> None:
+        """A 400 for a conversation whose text alone cannot fit the context, before rendering it.
+
+        Harmony's renderer holds the GIL while it tokenises (tens of ms per MB), which would
+        stall every other request; counting the text with tiktoken does not. The count is a
+        lower bound of the rendered prompt (which adds the Harmony framing).
+        """
+        texts = [t for m in req.messages for t in _strings(m.model_dump(exclude_none=True))]
+        if sum(len(t) for t in texts) < LARGE_INPUT_CHARS:
+            return
+        enc = text_encoding()
+        async with _LARGE_INPUTS:
+            counted = await asyncio.to_thread(lambda: sum(len(enc.encode(t, allowed_special="all")) for t in texts))
+        ctx = self.backend.engine.max_context
+        if counted >= ctx:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, your messages are at least "
+                f"{counted} tokens.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
+    async def start(
+        self, req: ChatCompletionRequest, key_name: str | None = None, admission: Admission = UNLIMITED
+    ) -> "ChatJob":
         b = self.backend  # the route has checked the model (before the key's model access)
-        # Rendering and tokenising a large conversation takes a while: off the event loop.
+        await self._refuse_oversized(req)
+        # Rendering and tokenising a conversation takes a while: off the event loop.
         rendered = await asyncio.to_thread(self._render, req)
         prompt = rendered.prompt_ids
         max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
+        choices = req.n or 1
+        limit = admission.limit()
+        if limit is not None and req.requested_max_tokens() is None:  # the default fits the key's budget
+            max_tokens = max(1, min(max_tokens, (limit - len(prompt)) // choices))
+        hold = admission.reserve(len(prompt) + max_tokens * choices)
         runs = []
         streams = []
         try:
@@ -347,8 +422,9 @@ class ChatHandler:
         except BaseException:
             for s in streams:
                 s.cancel()
+            hold.settle(0)
             raise
-        return ChatJob(req, runs, len(prompt), b.settings.served_model_name)
+        return ChatJob(req, runs, len(prompt), b.settings.served_model_name, hold)
 
 
 class _Job:
@@ -356,10 +432,15 @@ class _Job:
 
     runs: Sequence[Any]
     prompt_tokens: int
+    hold: Any  # the caller's token reservation (Admission.reserve)
 
     def cancel(self) -> None:
         for r in self.runs:
             r.stream.cancel()
+
+    def settle(self) -> None:
+        """Give back the tokens held for this request that it did not use."""
+        self.hold.settle(self.token_usage()["total_tokens"])
 
     def token_usage(self) -> dict[str, Any]:
         completion = sum(r.completion_tokens for r in self.runs)
@@ -376,6 +457,7 @@ class ChatJob(_Job):
     runs: list[ChoiceRun]
     prompt_tokens: int
     model: str
+    hold: Any = field(default_factory=_NoHold)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -544,7 +626,7 @@ class CompletionHandler:
 
     def _prompts(self, req: CompletionRequest) -> list[list[int]]:
         """Token ids of each prompt (text is encoded as raw text, special tokens allowed)."""
-        enc = self.backend.encoding
+        enc = text_encoding()  # the same ids as the Harmony encoder, without holding the GIL
         out = [
             enc.encode(item, allowed_special="all") if isinstance(item, str) else list(item) for item in req.prompts()
         ]
@@ -554,16 +636,22 @@ class CompletionHandler:
             raise bad_request(f"prompt token ids must be in [0, {HARMONY_VOCAB_SIZE})", param="prompt")
         return out
 
-    async def start(self, req: CompletionRequest, key_name: str | None = None) -> "CompletionJob":
+    async def start(
+        self, req: CompletionRequest, key_name: str | None = None, admission: Admission = UNLIMITED
+    ) -> "CompletionJob":
         b = self.backend  # the route has checked the model (before the key's model access)
-        prompts = await asyncio.to_thread(self._prompts, req)  # tokenising large prompts: off the loop
+        if sum(len(p) for p in req.prompts() if isinstance(p, str)) >= LARGE_INPUT_CHARS:
+            async with _LARGE_INPUTS:
+                prompts = await asyncio.to_thread(self._prompts, req)
+        else:
+            prompts = await asyncio.to_thread(self._prompts, req)  # tokenising: off the loop
         runs: list[CompletionRun] = []
         echoes: list[str] = []
-        prompt_tokens = 0
+        budgets = [resolve_max_tokens(b, len(prompt), req.max_tokens) for prompt in prompts]
+        prompt_tokens = sum(len(prompt) for prompt in prompts)
+        hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
         try:
-            for pi, prompt in enumerate(prompts):
-                max_tokens = resolve_max_tokens(b, len(prompt), req.max_tokens)
-                prompt_tokens += len(prompt)
+            for prompt, max_tokens in zip(prompts, budgets):
                 for j in range(req.n or 1):
                     params = to_sampling_params(
                         req, max_tokens=max_tokens, stop_token_ids=self._stop_tokens, seed_offset=j
@@ -576,8 +664,9 @@ class CompletionHandler:
         except BaseException:
             for r in runs:
                 r.stream.cancel()
+            hold.settle(0)
             raise
-        return CompletionJob(req, runs, echoes, prompt_tokens, b.settings.served_model_name)
+        return CompletionJob(req, runs, echoes, prompt_tokens, b.settings.served_model_name, hold)
 
 
 @dataclass
@@ -587,6 +676,7 @@ class CompletionJob(_Job):
     echoes: list[str]
     prompt_tokens: int
     model: str
+    hold: Any = field(default_factory=_NoHold)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -26,6 +26,7 @@ CHAT_KEY = "sk-test-chatonly-0123456789abcdef"
 MODELS_KEY = "sk-test-modelsonly-0123456789abcd"
 LIMITED_KEY = "sk-test-limited-0123456789abcdef"
 OTHER_MODEL_KEY = "sk-test-othermodel-0123456789abcd"
+TPM_KEY = "sk-test-tpm-0123456789abcdef0000"
 
 KEYS_YAML = f"""
 keys:
@@ -46,6 +47,10 @@ keys:
     key: {OTHER_MODEL_KEY}
     permissions: [all]
     models: [some-other-model]
+  - name: tokenbudget
+    key: {TPM_KEY}
+    permissions: [all]
+    limits: {{tpm: 400}}
 """
 
 
@@ -58,8 +63,16 @@ def free_port() -> int:
 class RemoteServer:
     """``bentoml serve service:GptOss`` in a subprocess on a free port (cf. vLLM's RemoteOpenAIServer)."""
 
-    def __init__(self, env: dict[str, str], *, startup_timeout: float = 240.0, log_path: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        startup_timeout: float = 240.0,
+        log_path: Path | None = None,
+        port: int | None = None,
+        wait: bool = True,
+    ) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # Each server gets its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory
         # under it at start, so servers sharing one would clobber each other's /metrics.
@@ -75,7 +88,19 @@ class RemoteServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._wait_ready(startup_timeout)
+        if wait:
+            self._wait_ready(startup_timeout)
+
+    def wait_listening(self, timeout: float = 120.0) -> None:
+        """Until the HTTP server answers at all (the model may still be loading)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url("/livez"), timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server not listening in {timeout}s: {self.logs()[-4000:]}")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -227,3 +227,48 @@ async def test_engine_failure_without_stream_is_a_500_in_openai_shape(client_for
     with pytest.raises(openai.InternalServerError) as info:
         await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 500 and info.value.body["code"] == "generation_failed"
+
+
+class Budget:
+    """A caller's token budget as the routes see it (serving.Admission), recording what was held."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self.held: list[int] = []
+        self.settled: list[int] = []
+
+    def limit(self) -> int | None:
+        return self._limit
+
+    def reserve(self, tokens: int):
+        self.held.append(tokens)
+        budget = self
+
+        class Hold:
+            def settle(self, used: int) -> None:
+                budget.settled.append(used)
+
+        return Hold()
+
+
+async def test_default_max_tokens_shrinks_to_the_key_budget_and_the_rest_is_given_back(client_for):
+    from protocol import ChatCompletionRequest
+    from serving import ChatHandler
+
+    _, engine = client_for(REASON_THEN_ANSWER)
+    handler = ChatHandler(app.state.backend)
+    budget = Budget(300)
+    req = ChatCompletionRequest.model_validate({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2})
+    job = await handler.start(req, admission=budget)
+    prompt = job.prompt_tokens
+    assert [r.params.max_tokens for r in engine.requests] == [(300 - prompt) // 2] * 2
+    assert budget.held == [prompt + 2 * ((300 - prompt) // 2)]
+    await job.response()
+    job.settle()
+    assert budget.settled == [job.usage()["total_tokens"]]
+    explicit = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+    )
+    job = await handler.start(explicit, admission=budget)  # what the caller asked for is reserved as is
+    assert engine.requests[-1].params.max_tokens == 500 and budget.held[-1] == job.prompt_tokens + 500
+    job.cancel()
