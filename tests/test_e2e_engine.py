@@ -57,6 +57,11 @@ def test_queue_overflow_is_429_with_retry_after(small_server: RemoteServer):
         small_server.client().completions.create(model=MODEL, prompt="y", max_tokens=5)
     assert info.value.response.headers["retry-after"]
     assert info.value.code == "server_overloaded"
+    # The native API answers the same way, in the same shape.
+    r = httpx.post(small_server.url("/generate"), headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                   json={"prompt": "y", "max_tokens": 5}, timeout=30)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "server_overloaded"
     t1.join(120)
     t2.join(120)
     assert running.get("finish") == "length" and queued.get("finish") == "length"  # nothing lost
