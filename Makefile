@@ -31,7 +31,7 @@ bench: setup  ## throughput/latency benchmark against peers (see README, Perform
 	$(BIN)/python bench/benchmark.py
 
 build: setup  ## a Bento (bentoml build) with the Harmony vocabulary bundled
-	$(BIN)/python harmony_vocab.py vendor/harmony
+	$(BIN)/python -m gptoss.harmony.vocab vendor/harmony
 	$(BIN)/bentoml build
 
 clean:

@@ -14,18 +14,18 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
-from access_log import AccessLogMiddleware
-from auth import AuthMiddleware, install_sighup_handler, validate_auth_config
-from errors import api_error_from
-from harmony_vocab import load_encoding, text_encoding
-from http_guard import RequestGuardMiddleware
-from loader import build_engine, engine_config
-from metrics import EngineGauges, TokenTimings
-from openai_compat import app as openai_app
-from openai_compat import attach_backend, finish_job, start_job
-from protocol import ChatCompletionRequest, parse_request
-from serving import Backend, ChatHandler
-from settings import Settings, configure_logging, get_settings
+from gptoss.observability.access_log import AccessLogMiddleware
+from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
+from gptoss.errors import api_error_from
+from gptoss.harmony.vocab import load_encoding, text_encoding
+from gptoss.api.guard import RequestGuardMiddleware
+from gptoss.engine.loader import build_engine, engine_config
+from gptoss.observability.metrics import EngineGauges, TokenTimings
+from gptoss.api.app import app as openai_app
+from gptoss.api.app import attach_backend, finish_job, start_job
+from gptoss.api.protocol import ChatCompletionRequest, parse_request
+from gptoss.api.serving import Backend, ChatHandler
+from gptoss.settings import Settings, configure_logging, get_settings
 
 logger = logging.getLogger("gptoss")
 

@@ -211,7 +211,7 @@ def bench_generate(model_dir: Path, levels: list[int], max_tokens: int) -> list[
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harmony_vocab import load_encoding
+    from gptoss.harmony.vocab import load_encoding
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
@@ -249,8 +249,8 @@ def start_server(name: str, model_dir: Path) -> Server:
         return Server(name, cmd, {}, port, str(model_dir), {})  # strict schema: no extra fields
     if name == "vllm":
         script = REPO.parent / "shared" / "peers" / "vllm-cpu.sh"
-        from harmony_vocab import ensure_vocab
-        from settings import get_settings
+        from gptoss.harmony.vocab import ensure_vocab
+        from gptoss.settings import get_settings
 
         env = {"TIKTOKEN_ENCODINGS_BASE": str(ensure_vocab(get_settings().cache_dir))}
         return Server(
@@ -358,8 +358,8 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (REPO / "bench-results").mkdir(exist_ok=True)
 
-    from settings import get_settings
-    from tiny_model import build_tiny_model, tiny_model_dir
+    from gptoss.settings import get_settings
+    from gptoss.engine.tiny_model import build_tiny_model, tiny_model_dir
 
     model_dir = args.model_dir or build_tiny_model(tiny_model_dir(get_settings().cache_dir, "bench"), "bench")
     results: list[Result] = []

@@ -54,7 +54,7 @@ def shape_config(shape: str) -> dict[str, Any]:
     if shape == "20b":
         return SHAPE_20B
     # tiny_model needs openai-harmony, which the GPU host lacks: imported only off it.
-    from tiny_model import SHAPES
+    from gptoss.engine.tiny_model import SHAPES
 
     return SHAPES[shape]
 
@@ -64,8 +64,8 @@ def build_random_model(shape: str, seed: int = 0) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, GptOssConfig
 
-    from loader import pick_device, prepare_model
-    from settings import get_settings
+    from gptoss.engine.loader import pick_device, prepare_model
+    from gptoss.settings import get_settings
 
     settings = get_settings()
     device = pick_device(settings)
@@ -104,7 +104,7 @@ async def drive(
     engine: Any, prompts: list[list[int]], max_tokens: int, probe: bool = True, temperature: float = 0.0
 ) -> dict[str, Any]:
     """Submit every prompt at once; stream all of them to the end (fixed length; greedy by default)."""
-    from engine_types import GenerationRequest, SamplingParams
+    from gptoss.engine.types import GenerationRequest, SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0 if temperature else None)
     stop, lags = asyncio.Event(), []
@@ -148,7 +148,7 @@ async def drive(
 
 async def sampling_check(engine: Any, prompt: list[int]) -> dict[str, Any]:
     """Every sampler feature in one batch on this device; two same-seed rows must agree."""
-    from engine_types import GenerationRequest, SamplingParams
+    from gptoss.engine.types import GenerationRequest, SamplingParams
 
     seeded = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.9, seed=42, presence_penalty=0.5)
     params = [
@@ -244,7 +244,7 @@ def bench_runner(
 
     Separates what a step costs the model call from what the engine and its threads add.
     """
-    from model_runner import ModelRunner, greedy_argmax
+    from gptoss.engine.runner import ModelRunner, greedy_argmax
 
     out = []
     for n in levels:
@@ -270,7 +270,7 @@ def profile_tables(model: Any, prompt: list[int], out_dir: Path) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from model_runner import ModelRunner, greedy_argmax
+    from gptoss.engine.runner import ModelRunner, greedy_argmax
 
     runner = ModelRunner(model)
     toks = greedy_argmax(runner.prefill([prompt])).tolist()
@@ -294,8 +294,8 @@ def profile_tables(model: Any, prompt: list[int], out_dir: Path) -> None:
 
 def thread_engine(model: Any, settings: Any, device: str) -> Any:
     """The default engine front end over an already built model, started and ready."""
-    from engine import Engine
-    from loader import engine_config
+    from gptoss.engine.core import Engine
+    from gptoss.engine.loader import engine_config
 
     engine = Engine(functools.partial(lambda m: m, model), engine_config(settings, device))
     engine.start()
@@ -331,8 +331,8 @@ def main() -> None:
 
     import torch
 
-    import settings as settings_mod
-    from loader import engine_config, pick_device
+    import gptoss.settings as settings_mod
+    from gptoss.engine.loader import engine_config, pick_device
 
     levels = [int(x) for x in args.streams.split(",")]
     phases = args.phases.split(",")

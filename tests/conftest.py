@@ -197,8 +197,8 @@ def isolated_server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def tiny_pair(flag: str, **common):
     """The tiny model loaded twice, with the speed-up setting ``flag`` off and then on."""
-    from loader import load_model, resolve_model_path
-    from settings import Settings
+    from gptoss.engine.loader import load_model, resolve_model_path
+    from gptoss.settings import Settings
 
     path = resolve_model_path(Settings(model="tiny"))
     return tuple(load_model(Settings(model="tiny", **common, **{flag: on}), path) for on in (False, True))

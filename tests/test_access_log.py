@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from access_log import (
+from gptoss.observability.access_log import (
     AccessLogMiddleware,
     AccessRecord,
     access_record,
@@ -21,7 +21,7 @@ from access_log import (
     note_prompt,
     request_id_from,
 )
-from settings import Settings
+from gptoss.settings import Settings
 from tests.conftest import ADMIN_KEY, RemoteServer
 
 MODEL = "gpt-oss-20b"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
-from attention import GQA_ATTENTION, gqa_attention_forward, use_gqa_attention
+from gptoss.kernels.attention import GQA_ATTENTION, gqa_attention_forward, use_gqa_attention
 from tests.conftest import tiny_pair
 
 

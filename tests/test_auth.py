@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-import auth
-from auth import (
+import gptoss.auth.keys as auth
+from tests.conftest import REPO
+from gptoss.auth.keys import (
     AuthMiddleware,
     KeysFileError,
     KeyStore,
@@ -34,8 +35,8 @@ from auth import (
     charge_tokens,
     check_model_access,
 )
-from errors import APIError
-from settings import Settings
+from gptoss.errors import APIError
+from gptoss.settings import Settings
 
 # Keys used throughout (all >= 16 chars). One per permission.
 K_ALL = "sk-test-all-0000000000000000"
@@ -715,7 +716,7 @@ def test_no_keys_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         auth.validate_auth_config(make_settings(keys_file=empty))
     app = Echo()
     m = AuthMiddleware(app, settings=make_settings())  # never raises: BentoML builds it in lifespan
-    caplog.set_level(logging.ERROR, logger="auth")
+    caplog.set_level(logging.ERROR, logger="gptoss.auth.keys")
     for path in ("/v1/models", "/health"):  # fail closed, even the probes
         r = call(m, path)
         assert r.status == 503 and r.json()["error"]["code"] == "auth_not_configured"
@@ -729,7 +730,7 @@ def test_no_keys_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
 
 
 def test_validate_auth_config_and_global_store(store_file: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="auth")
+    caplog.set_level(logging.INFO, logger="gptoss.auth.keys")
     settings = make_settings(keys_file=store_file)
     store = auth.validate_auth_config(settings)
     assert store is not None and store is auth.get_key_store(settings)
@@ -750,7 +751,7 @@ def test_validate_auth_config_and_global_store(store_file: Path, caplog: pytest.
 
 
 def test_auth_disabled(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="auth")
+    caplog.set_level(logging.INFO, logger="gptoss.auth.keys")
     settings = make_settings(auth_disabled=True)
     assert auth.validate_auth_config(settings) is None
     assert any(r.levelno == logging.WARNING and "DISABLED" in r.getMessage() for r in caplog.records)
@@ -846,7 +847,7 @@ def test_sighup_reloads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
 
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(auth.install_sighup_handler(store)))
-    caplog.set_level(logging.WARNING, logger="auth")
+    caplog.set_level(logging.WARNING, logger="gptoss.auth.keys")
     t.start()
     t.join()
     assert result == [False]
@@ -939,7 +940,7 @@ def test_cli_new_key_appended_by_a_shell(tmp_path: Path) -> None:
     """The README's `auth.py new-key --name alice >> keys.yaml`: a working file, the key on stderr."""
     f = tmp_path / "keys.yaml"
     f.write_text("keys:\n")
-    script = Path(auth.__file__)
+    script = REPO / "auth.py"  # the top-level entry point the README names
     with f.open("a") as out:
         done = subprocess.run(
             [sys.executable, str(script), "new-key", "--name", "alice"],
@@ -1071,7 +1072,7 @@ def test_cli_new_key_refuses_a_key_as_name(capsys: pytest.CaptureFixture[str]) -
 def test_warns_once_per_load_when_keys_file_is_not_private(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="auth")
+    caplog.set_level(logging.WARNING, logger="gptoss.auth.keys")
     f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}])
 
     def warnings() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harmony_vocab import VOCAB_SHA256, export_vocab
+from gptoss.harmony.vocab import VOCAB_SHA256, export_vocab
 from tests.conftest import REPO
 
 
@@ -70,8 +71,9 @@ def test_bento_files(bento: Path):
     src = bento / "src"
     names = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
     for required in (
-        "service.py", "openai_compat.py", "auth.py", "engine.py", "harmony_mapping.py", "requirements.txt",
-        "metrics.py", "access_log.py",
+        "service.py", "openai_compat.py", "auth.py", "requirements.txt", "gptoss/__init__.py",
+        "gptoss/engine/core.py", "gptoss/harmony/mapping.py", "gptoss/api/app.py", "gptoss/auth/keys.py",
+        "gptoss/observability/metrics.py", "gptoss/kernels/attention.py",
     ):
         assert required in names
     vocab = src / "vendor" / "harmony" / "o200k_base.tiktoken"
@@ -155,7 +157,7 @@ def _no_network_env(tmp_path: Path) -> dict[str, str]:
 _LOAD = (
     "import sys; sys.path.insert(0, '.')\n"
     "from pathlib import Path\n"
-    "import harmony_vocab as hv\n"
+    "import gptoss.harmony.vocab as hv\n"
     "enc = hv.load_encoding(Path(sys.argv[1]))\n"
     "assert enc.decode(enc.encode('hello world')) == 'hello world'\n"
     "print('BASE', hv.os.environ[hv.ENV_VAR])\n"
@@ -184,8 +186,7 @@ def test_without_the_bundle_the_packaged_copy_is_used_without_network(tmp_path: 
     """A checkout without `make build` (no vendor/harmony): bpe-openai's copy, still offline."""
     app = tmp_path / "app"
     app.mkdir()
-    (app / "harmony_vocab.py").write_text((REPO / "harmony_vocab.py").read_text())
-    (app / "settings.py").write_text((REPO / "settings.py").read_text())
+    shutil.copytree(REPO / "gptoss", app / "gptoss", ignore=shutil.ignore_patterns("__pycache__"))
     cache = tmp_path / "gptoss-cache"
     out = subprocess.run([sys.executable, "-c", _LOAD, str(cache)], cwd=app, env=_no_network_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
@@ -196,7 +197,7 @@ def test_without_the_bundle_the_packaged_copy_is_used_without_network(tmp_path: 
 
 def test_empty_keys_file_setting_means_none(monkeypatch: pytest.MonkeyPatch):
     """`--env GPTOSS_KEYS_FILE=` (BentoCloud with GPTOSS_API_KEYS) must undo the image's default path."""
-    from settings import Settings
+    from gptoss.settings import Settings
 
     monkeypatch.setenv("GPTOSS_KEYS_FILE", "")
     assert Settings().keys_file is None

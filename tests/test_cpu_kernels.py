@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.integrations.moe import grouped_mm_experts_forward
 
-from cpu_kernels import (
+from gptoss.kernels.cpu import (
     DENSE_EXPERTS,
     PrepackedLinear,
     _dense_fits,

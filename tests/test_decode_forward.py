@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-import decode_forward
-from loader import engine_config, load_model, resolve_model_path
-from model_runner import ModelRunner, greedy_argmax
-from settings import Settings
+import gptoss.kernels.decode_forward as decode_forward
+from gptoss.engine.loader import engine_config, load_model, resolve_model_path
+from gptoss.engine.runner import ModelRunner, greedy_argmax
+from gptoss.settings import Settings
 
 from .test_engine import PROMPTS
 

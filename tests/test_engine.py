@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import torch
 
-from engine import Engine, EngineConfig
-from engine_types import EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
-from loader import load_model, resolve_model_path
-from model_runner import ModelRunner
-from settings import Settings
+from gptoss.engine.core import Engine, EngineConfig
+from gptoss.engine.types import EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
+from gptoss.engine.loader import load_model, resolve_model_path
+from gptoss.engine.runner import ModelRunner
+from gptoss.settings import Settings
 
 PROMPTS = [
     [200006, 1428, 200008, 13225, 11, 1495, 553, 481, 30, 200007, 200006, 173781],
@@ -252,8 +252,8 @@ async def test_top_k_and_min_p_narrow_sampling(model):
 
 
 async def test_kv_budget_sized_after_loading_when_unset(model):
-    from engine_types import DEFAULT_CPU_KV_TOKENS as CPU_KV_BUDGET
-    from model_runner import default_kv_budget
+    from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS as CPU_KV_BUDGET
+    from gptoss.engine.runner import default_kv_budget
 
     assert default_kv_budget(model) == CPU_KV_BUDGET  # the tiny model is on the CPU
     engine = make_engine(model, kv_cache_tokens=0)
@@ -267,7 +267,7 @@ async def test_kv_budget_sized_after_loading_when_unset(model):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("vocab", [201088, 1000, 257])
 def test_greedy_argmax_matches_max_including_ties(dtype, vocab):
-    from model_runner import greedy_argmax
+    from gptoss.engine.runner import greedy_argmax
 
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(12, vocab, generator=gen).to(dtype)

@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-import model_runner
-from engine_types import EngineFault, GenerationRequest, SamplingParams, SequenceFailed
+import gptoss.engine.runner as model_runner
+from gptoss.engine.types import EngineFault, GenerationRequest, SamplingParams, SequenceFailed
 from tests.test_engine import PROMPTS, collect, greedy, make_engine, model  # noqa: F401  (fixture)
 
 NEIGHBOUR_TOKENS = 40

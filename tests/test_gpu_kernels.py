@@ -13,9 +13,9 @@ from transformers.integrations.moe import (
     grouped_mm_experts_forward,
 )
 
-import gpu_kernels
-from cpu_kernels import random_routing
-from gpu_kernels import (
+import gptoss.kernels.gpu as gpu_kernels
+from gptoss.kernels.cpu import random_routing
+from gptoss.kernels.gpu import (
     STEP_SIZED_EXPERTS,
     step_sized_experts_forward,
     use_step_sized_experts,
@@ -52,8 +52,8 @@ def test_zero_means_always_grouped_mm():
 def _tiny_model(device: str):
     from transformers import AutoModelForCausalLM
 
-    from loader import resolve_model_path
-    from settings import Settings
+    from gptoss.engine.loader import resolve_model_path
+    from gptoss.settings import Settings
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(Settings(model="tiny")), dtype=torch.bfloat16)
     return model.to(device)

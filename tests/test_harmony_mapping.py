@@ -15,8 +15,8 @@ from openai_harmony import (
     StreamableParser,
 )
 
-from errors import APIError
-from harmony_mapping import (
+from gptoss.errors import APIError
+from gptoss.harmony.mapping import (
     MAX_HEADER_TOKENS,
     ChatStreamParser,
     Delta,
@@ -31,9 +31,9 @@ from harmony_mapping import (
     token_bytes,
     token_text,
 )
-from harmony_vocab import load_encoding
+from gptoss.harmony.vocab import load_encoding
 
-LOGGER = "harmony_mapping"
+LOGGER = "gptoss.harmony.mapping"
 TODAY = "2025-08-05"
 SYSTEM = (
     "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"

@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 
-from http_guard import RequestGuardMiddleware
-from routes import ROUTES, find_route
-from settings import Settings
+from gptoss.api.guard import RequestGuardMiddleware
+from gptoss.routes import ROUTES, find_route
+from gptoss.settings import Settings
 
 
 async def inner_app(scope, receive, send):

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics import EngineGauges, Metrics, TokenTimings, endpoint_label, record_request
-from serving import TokenClock
+from gptoss.observability.metrics import EngineGauges, Metrics, TokenTimings, endpoint_label, record_request
+from gptoss.api.serving import TokenClock
 from tests.conftest import ADMIN_KEY, CHAT_KEY, RemoteServer
 
 MODEL = "gpt-oss-20b"

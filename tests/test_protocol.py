@@ -20,9 +20,9 @@ from openai.types.chat import ChatCompletion as SDKChatCompletion
 from openai.types.chat import ChatCompletionChunk as SDKChatCompletionChunk
 from pydantic import ValidationError
 
-import protocol as P
-from engine_types import SamplingParams
-from errors import APIError
+import gptoss.api.protocol as P
+from gptoss.engine.types import SamplingParams
+from gptoss.errors import APIError
 from tests import openai_schema as S
 from tests.openai_schema import validate_response
 

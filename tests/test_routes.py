@@ -14,11 +14,11 @@ import httpx
 import openai
 import pytest
 
-from engine_types import GenerationRequest, SequenceFailed, TokenEvent
-from harmony_vocab import load_encoding
-from openai_compat import app, attach_backend
-from serving import Backend
-from settings import Settings
+from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
+from gptoss.harmony.vocab import load_encoding
+from gptoss.api.app import app, attach_backend
+from gptoss.api.serving import Backend
+from gptoss.settings import Settings
 
 ENC = load_encoding()
 MODEL = "gpt-oss-20b"
@@ -252,8 +252,8 @@ class Budget:
 
 
 async def test_default_max_tokens_shrinks_to_the_key_budget_and_the_rest_is_given_back(client_for):
-    from protocol import ChatCompletionRequest
-    from serving import ChatHandler
+    from gptoss.api.protocol import ChatCompletionRequest
+    from gptoss.api.serving import ChatHandler
 
     _, engine = client_for(REASON_THEN_ANSWER)
     handler = ChatHandler(app.state.backend)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_types import SamplingParams
-from model_runner import SAMPLE_CHUNK_ROWS, SamplerState, _pick_ranked, sample
+from gptoss.engine.types import SamplingParams
+from gptoss.engine.runner import SAMPLE_CHUNK_ROWS, SamplerState, _pick_ranked, sample
 
 VOCAB = 201_088
 
@@ -131,7 +131,7 @@ def test_flat_rows_keep_their_nucleus():
 
 def test_sparse_penalties_equal_the_dense_definition():
     """Penalties kept per seen token give the same bits as the whole-vocabulary formulas."""
-    from model_runner import _processed_row
+    from gptoss.engine.runner import _processed_row
 
     gen = torch.Generator().manual_seed(2)
     prompt = torch.randint(0, VOCAB, (300,), generator=gen).tolist()

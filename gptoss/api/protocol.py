@@ -37,9 +37,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from engine_types import SamplingParams
-from errors import APIError, bad_request
-from harmony_vocab import HARMONY_VOCAB_SIZE
+from gptoss.engine.types import SamplingParams
+from gptoss.errors import APIError, bad_request
+from gptoss.harmony.vocab import HARMONY_VOCAB_SIZE
 
 ReasoningEffort = Literal["low", "medium", "high"]
 DEFAULT_REASONING_EFFORT: ReasoningEffort = "medium"

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from decode_forward import lean_decode, supports_lean_decode
-from engine_types import DEFAULT_CPU_KV_TOKENS, SamplingParams
+from gptoss.kernels.decode_forward import lean_decode, supports_lean_decode
+from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS, SamplingParams
 
 logger = logging.getLogger(__name__)
 

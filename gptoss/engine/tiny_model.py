@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from harmony_vocab import HARMONY_VOCAB_SIZE
+from gptoss.harmony.vocab import HARMONY_VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = No
     from transformers import GenerationConfig, GptOssConfig, GptOssForCausalLM
 
     if vocab_dir is None:
-        from settings import get_settings
-        from harmony_vocab import ensure_vocab
+        from gptoss.settings import get_settings
+        from gptoss.harmony.vocab import ensure_vocab
 
         vocab_dir = ensure_vocab(get_settings().cache_dir)
 

@@ -16,11 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol, Sequence
 
-from engine_types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
-from errors import APIError, api_error_from, bad_request
-from harmony_vocab import ENDOFTEXT_TOKEN, text_encoding
-from harmony_mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
-from protocol import (
+from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
+from gptoss.errors import APIError, api_error_from, bad_request
+from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
+from gptoss.harmony.mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
+from gptoss.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -29,7 +29,7 @@ from protocol import (
     SSE_DONE,
     to_sampling_params,
 )
-from settings import Settings
+from gptoss.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from routes import find_route
-from settings import Settings, get_settings
+from gptoss.routes import find_route
+from gptoss.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("gptoss.access")
@@ -128,7 +128,7 @@ def format_line(fields: Mapping[str, Any], fmt: str = "logfmt") -> str:
 
 
 def _record_metrics(record: AccessRecord, settings: Settings) -> None:
-    from metrics import HIDDEN_KEY, get_metrics, record_request
+    from gptoss.observability.metrics import HIDDEN_KEY, get_metrics, record_request
 
     if find_route(record.path) is None:  # anyone can send these: they must not move /metrics
         return

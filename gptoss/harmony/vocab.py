@@ -48,7 +48,7 @@ def _packaged_vocab() -> bytes:
 
 
 # Where `make build` bundles the file into the Bento (see bentofile.yaml).
-BUNDLED_DIR = Path(__file__).resolve().parent / "vendor" / "harmony"
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "vendor" / "harmony"  # the repository's vendor/
 
 
 def export_vocab(target: Path) -> Path:
@@ -139,7 +139,7 @@ def text_encoding(cache_dir: Path | None = None) -> Any:
 
 
 def _default_cache_dir() -> Path:
-    from settings import get_settings
+    from gptoss.settings import get_settings
 
     return get_settings().cache_dir
 

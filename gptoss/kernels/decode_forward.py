@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.models.gpt_oss.modeling_gpt_oss import apply_rotary_pos_emb
 
-from attention import GQA_ATTENTION, gqa_attention_forward
+from gptoss.kernels.attention import GQA_ATTENTION, gqa_attention_forward
 
 
 def supports_lean_decode(model: torch.nn.Module) -> bool:

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import EngineConfig
-from engine_types import DEFAULT_CPU_KV_TOKENS
-from settings import Settings
+from gptoss.engine.core import EngineConfig
+from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS
+from gptoss.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def resolve_model_path(settings: Settings) -> str:
     """A local directory for ``tiny`` or a directory path; otherwise the HF id as given."""
     if settings.is_tiny:
-        from tiny_model import build_tiny_model, tiny_model_dir
+        from gptoss.engine.tiny_model import build_tiny_model, tiny_model_dir
 
         return str(build_tiny_model(tiny_model_dir(settings.cache_dir)))
     return settings.model
@@ -72,19 +72,19 @@ def prepare_model(model: Any, settings: Settings, device: str) -> None:
     """
     model.eval()
     if settings.gqa_attention:
-        from attention import use_gqa_attention
+        from gptoss.kernels.attention import use_gqa_attention
 
         use_gqa_attention(model)
     if device == "cpu" and settings.cpu_prepack:
-        from cpu_kernels import prepack_lm_head
+        from gptoss.kernels.cpu import prepack_lm_head
 
         prepack_lm_head(model)
     if device == "cpu" and settings.cpu_dense_experts:
-        from cpu_kernels import use_dense_experts
+        from gptoss.kernels.cpu import use_dense_experts
 
         use_dense_experts(model)
     if device == "cuda":
-        from gpu_kernels import use_step_sized_experts
+        from gptoss.kernels.gpu import use_step_sized_experts
 
         use_step_sized_experts(model, settings.gpu_batched_experts_tokens)
 
@@ -111,6 +111,6 @@ def build_engine(settings: Settings, checkpoint: Callable[[], str | None]) -> An
     answers 503 instead of hanging while the model arrives.
     """
     config = engine_config(settings, pick_device(settings))
-    from engine import Engine
+    from gptoss.engine.core import Engine
 
     return Engine(lambda: load_model(settings, checkpoint()), config)

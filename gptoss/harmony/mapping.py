@@ -50,7 +50,7 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from errors import APIError
+from gptoss.errors import APIError
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _vocab() -> tuple[tuple[bytes, ...], frozenset[int]]:
     Harmony does not expose per-token bytes, so the table is read once from the same sha-checked
     ``o200k_base.tiktoken`` that harmony itself loads (``harmony_vocab`` sets the variable).
     """
-    from harmony_vocab import ENV_VAR, VOCAB_FILE, load_encoding
+    from gptoss.harmony.vocab import ENV_VAR, VOCAB_FILE, load_encoding
 
     enc = load_encoding()
     path = Path(os.environ[ENV_VAR]) / VOCAB_FILE

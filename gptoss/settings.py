@@ -13,8 +13,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_DIR = Path(__file__).resolve().parent
-
 
 class Settings(BaseSettings):
     """Server settings. Environment variable = ``GPTOSS_`` + upper-case field name."""
@@ -114,17 +112,13 @@ class Settings(BaseSettings):
         return self.model == "tiny"
 
 
-# This project's modules; BentoML configures the root handlers, we set our loggers' level.
-PROJECT_LOGGERS = (
-    "gptoss", "auth", "engine", "loader", "serving", "openai_compat", "harmony_mapping",
-    "harmony_vocab", "model_runner", "tiny_model", "metrics", "cpu_kernels", "gpu_kernels", "attention", "access_log",
-    "gptoss.access",
-)
+# Every logger of this project is a child of "gptoss" (modules log under their package path,
+# the access log under "gptoss.access"); BentoML configures the handlers, we set the level.
+PROJECT_LOGGER = "gptoss"
 
 
 def configure_logging(settings: Settings) -> None:
-    for name in PROJECT_LOGGERS:
-        logging.getLogger(name).setLevel(settings.log_level.upper())
+    logging.getLogger(PROJECT_LOGGER).setLevel(settings.log_level.upper())
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from engine_types import (
+from gptoss.engine.types import (
     EngineFault,
     EngineNotReady,
     EngineOverloaded,

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from engine_types import (
+from gptoss.engine.types import (
     DEFAULT_CPU_KV_TOKENS,
     EngineFault,
     EngineNotReady,
@@ -223,7 +223,7 @@ class EngineCore:
     def load(self) -> None:
         """Build the model and size what depends on it. Raises what the loader raises."""
         model = self._loader()
-        from model_runner import ModelRunner, default_kv_budget
+        from gptoss.engine.runner import ModelRunner, default_kv_budget
 
         self._runner = ModelRunner(model, lean_decode=self.config.lean_decode)
         if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
@@ -284,7 +284,7 @@ class EngineCore:
         Anything here that raises belongs to this request alone (its bias, seed, prompt), so
         it fails that request only.
         """
-        from model_runner import SamplerState
+        from gptoss.engine.runner import SamplerState
 
         try:
             ids = seq.request.prompt_ids
@@ -409,7 +409,7 @@ class EngineCore:
         The batch is sampled in one call; only when that raises is each row sampled alone, to
         find the row at fault.
         """
-        from model_runner import sample
+        from gptoss.engine.runner import sample
 
         try:
             return list(sample(logits, [s.sampler for s in seqs]))

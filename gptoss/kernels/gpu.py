@@ -26,7 +26,7 @@ from transformers.integrations.moe import (
     grouped_mm_experts_forward,
 )
 
-from cpu_kernels import moe_layers
+from gptoss.kernels.cpu import moe_layers
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import json
 import logging
 from typing import Any, Callable
 
-from errors import APIError, send_error
-from routes import find_route
-from settings import Settings, get_settings
+from gptoss.errors import APIError, send_error
+from gptoss.routes import find_route
+from gptoss.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

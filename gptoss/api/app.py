@@ -1,0 +1,233 @@
+"""The OpenAI-compatible HTTP API (FastAPI): thin routes over serving.py.
+
+Mounted by service.py at the server root, so the API lives at ``/v1/...``, the health check at
+``/health`` and the docs at ``/docs`` (Swagger UI) and ``/redoc``. Every error, including
+FastAPI's own validation and routing errors, leaves as an OpenAI-shaped body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gptoss.observability.access_log import note, note_prompt
+from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
+from gptoss.engine.types import EngineError, EngineNotReady
+from gptoss.errors import APIError, api_error_from
+from gptoss.observability.metrics import exposition
+from gptoss.api.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    validation_error_to_api_error,
+)
+from gptoss.api.serving import Backend, ChatHandler, CompletionHandler, check_model
+
+logger = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
+}
+
+app = FastAPI(
+    title="gpt-oss OpenAI-compatible API",
+    description="OpenAI-compatible chat and completions for gpt-oss, served by BentoML. "
+    "Authenticate with `Authorization: Bearer <API key>`.",
+    version="1.0.0",
+    docs_url="/docs",
+    redoc_url="/redoc",
+    openapi_url="/openapi.json",
+)
+
+
+def attach_backend(backend: Backend) -> None:
+    """Called by the service once its engine exists."""
+    app.state.backend = backend
+
+
+def _backend(request: Request) -> Backend:
+    # This app's state, also when the request came through BentoML's own `generate` route.
+    backend: Backend | None = getattr(app.state, "backend", None)
+    if backend is None or not backend.engine.ready:
+        raise EngineNotReady("the model is still loading")
+    return backend
+
+
+def _authorize_model(request: Request, model: str) -> None:
+    check_model_access(get_principal(request), model)
+
+
+class KeyBudget:
+    """The calling key's tpm budget (serving.Admission): held at admission, settled at the end."""
+
+    def __init__(self, request: Request) -> None:
+        self.principal = get_principal(request)
+
+    def limit(self) -> int | None:
+        return self.principal.limits.tpm if self.principal is not None else None
+
+    def reserve(self, tokens: int) -> Any:
+        return reserve_tokens(self.principal, tokens)
+
+
+def finish_job(request: Request, job: Any) -> None:
+    """After a generation: give back the unused token budget and tell the access log the usage."""
+    job.settle()
+    usage = job.usage()
+    note(request, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def _json_error(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return _json_error(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _json_error(validation_error_to_api_error(exc))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return _json_error(APIError(exc.status_code, str(exc.detail), code=code))
+
+
+@app.exception_handler(EngineError)
+async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+    return _json_error(api_error_from(exc))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return _json_error(api_error_from(exc))
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+@app.get("/health", tags=["health"], responses=_ERRORS)
+async def health(request: Request) -> dict[str, str]:
+    """Liveness + readiness: 200 once the model is loaded, 503 while it loads."""
+    _backend(request)
+    return {"status": "ok"}
+
+
+@app.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of every worker (a key is needed unless GPTOSS_PUBLIC_METRICS is on)."""
+    body, content_type = await asyncio.to_thread(exposition)
+    return Response(body, media_type=content_type)
+
+
+def _model_card(backend: Backend) -> ModelCard:
+    return ModelCard.model_validate(
+        {
+            "id": backend.settings.served_model_name,
+            "object": "model",
+            "created": backend.created,
+            "owned_by": "openai",
+            "max_model_len": backend.engine.max_context,
+            "random_weights": backend.random_weights,
+        }
+    )
+
+
+@app.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
+async def list_models(request: Request) -> ModelList:
+    backend = _backend(request)
+    return ModelList.model_validate({"object": "list", "data": [_model_card(backend)]})
+
+
+@app.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["models"], responses=_ERRORS)
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    backend = _backend(request)
+    check_model(backend, model_id)
+    return _model_card(backend)
+
+
+async def _watch_disconnect(request: Request, cancel: Any) -> None:
+    """Cancel generation when a non-streaming client goes away (frees its batch slot)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel()
+            return
+
+
+async def _respond(request: Request, job: Any, stream: bool) -> Any:
+    if stream:
+
+        async def body() -> Any:
+            try:
+                async for line in job.sse():
+                    yield line
+            finally:
+                finish_job(request, job)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    watcher = asyncio.create_task(_watch_disconnect(request, job.cancel))
+    try:
+        return await job.response()
+    finally:
+        watcher.cancel()
+        finish_job(request, job)
+
+
+async def start_job(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+    """What every generation entry point does first: check model and key, start the job.
+
+    The chat and completions routes and the native ``generate`` API all come through here;
+    :func:`finish_job` is the other half.
+    """
+    note(request, model=body.model, stream=bool(body.stream))
+    backend = _backend(request)
+    note_prompt(request, backend.settings, prompt)
+    check_model(backend, body.model)
+    _authorize_model(request, body.model)
+    key_name = request.scope.get("state", {}).get("key_name")
+    return await handler(backend).start(body, key_name=key_name, admission=KeyBudget(request))
+
+
+async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+    job = await start_job(request, body, handler, prompt)
+    return await _respond(request, job, bool(body.stream))
+
+
+@app.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    tags=["chat"],
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    """Chat completion; `stream: true` answers with server-sent events."""
+    return await _generate(request, body, ChatHandler, lambda: body.model_dump(exclude_none=True).get("messages"))
+
+
+@app.post(
+    "/v1/completions",
+    response_model=Completion,
+    tags=["completions"],
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    """Legacy text completion on raw text (no Harmony rendering); `stream: true` for SSE."""
+    return await _generate(request, body, CompletionHandler, lambda: body.prompt)
