@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Documented demo key (README): for the local demo only, never for a server others can reach.
 DEMO_KEY ?= sk-demo-local-only-change-me
 
-.PHONY: setup demo serve test bench build clean
+.PHONY: setup demo serve test lint bench build clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,11 @@ demo: setup  ## the tiny random-weight model on :$(PORT), demo key $(DEMO_KEY)
 serve: setup  ## the real model (GPTOSS_MODEL, default openai/gpt-oss-20b); keys from GPTOSS_KEYS_FILE
 	$(BIN)/bentoml serve service:GptOss --port $(PORT)
 
-test: setup  ## the whole test suite
+test: setup  ## the whole test suite (-m "not e2e" for the fast part)
 	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff, with the rules in pyproject.toml
+	$(BIN)/ruff check .
 
 bench: setup  ## throughput/latency benchmark against peers (see README, Performance)
 	$(BIN)/python bench/benchmark.py

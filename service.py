@@ -9,22 +9,23 @@ import json
 import logging
 import re
 import sys
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, AsyncGenerator
+from typing import Any
 
 import bentoml
 
-from gptoss.observability.access_log import AccessLogMiddleware
-from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
-from gptoss.errors import api_error_from
-from gptoss.harmony.vocab import load_encoding, text_encoding
-from gptoss.api.guard import RequestGuardMiddleware
-from gptoss.engine.loader import build_engine, engine_config
-from gptoss.observability.metrics import EngineGauges, TokenTimings
 from gptoss.api.app import app as openai_app
 from gptoss.api.app import attach_backend, finish_job, start_job
+from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.api.protocol import ChatCompletionRequest, parse_request
 from gptoss.api.serving import Backend, ChatHandler
+from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
+from gptoss.engine.loader import build_engine, engine_config
+from gptoss.errors import api_error_from
+from gptoss.harmony.vocab import load_encoding, text_encoding
+from gptoss.observability.access_log import AccessLogMiddleware
+from gptoss.observability.metrics import EngineGauges, TokenTimings
 from gptoss.settings import Settings, configure_logging, get_settings
 
 logger = logging.getLogger("gptoss")

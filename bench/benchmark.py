@@ -74,7 +74,7 @@ class Server:
     ):
         self.name, self.port, self.model, self.headers = name, port, model, headers
         self.extra = extra or {}  # request fields this server accepts beyond the common ones
-        self.log = open(REPO / "bench-results" / (re.sub(r"[^\w.-]", "_", name) + ".log"), "wb")
+        self.log = open(REPO / "bench-results" / (re.sub(r"[^\w.-]", "_", name) + ".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -236,14 +236,19 @@ def start_server(name: str, model_dir: Path) -> Server:
     py = sys.executable
     if name == "ours" or name.startswith("ours:"):
         extra = dict(kv.split("=", 1) for kv in name.partition(":")[2].split("+") if kv)
-        env = {"GPTOSS_MODEL": str(model_dir), "GPTOSS_API_KEYS": BENCH_KEY, "GPTOSS_SERVED_MODEL_NAME": "bench", **extra}
+        env = {
+            "GPTOSS_MODEL": str(model_dir), "GPTOSS_API_KEYS": BENCH_KEY, "GPTOSS_SERVED_MODEL_NAME": "bench", **extra
+        }
         cmd = [py, "-m", "bentoml", "serve", "service:GptOss", "--port", str(port), "--host", "127.0.0.1"]
         return Server(
             name, cmd, env, port, "bench", {"Authorization": f"Bearer {BENCH_KEY}"},
             {"stream_options": {"include_usage": True}},
         )
     if name.startswith("transformers"):
-        cmd = [str(Path(py).parent / "transformers"), "serve", str(model_dir), "--port", str(port), "--device", "cpu", "--dtype", "bfloat16"]
+        cmd = [
+            str(Path(py).parent / "transformers"), "serve", str(model_dir), "--port", str(port),
+            "--device", "cpu", "--dtype", "bfloat16",
+        ]
         if name == "transformers-cb":
             cmd.append("--continuous-batching")
         return Server(name, cmd, {}, port, str(model_dir), {})  # strict schema: no extra fields
@@ -263,7 +268,8 @@ def start_server(name: str, model_dir: Path) -> Server:
 def print_table(results: list[Result], levels: list[int]) -> str:
     by = {(r.server, r.concurrency): r for r in results}
     lines = [
-        "| server | C | output tok/s | vs transformers CB | vs model.generate | TTFT p50 / p95 (s) | latency p50 / p95 (s) | /health p99 (ms) |",
+        "| server | C | output tok/s | vs transformers CB | vs model.generate | TTFT p50 / p95 (s) "
+        "| latency p50 / p95 (s) | /health p99 (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r.server for r in results):
@@ -358,8 +364,8 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (REPO / "bench-results").mkdir(exist_ok=True)
 
-    from gptoss.settings import get_settings
     from gptoss.engine.tiny_model import build_tiny_model, tiny_model_dir
+    from gptoss.settings import get_settings
 
     model_dir = args.model_dir or build_tiny_model(tiny_model_dir(get_settings().cache_dir, "bench"), "bench")
     results: list[Result] = []

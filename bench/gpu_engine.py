@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchmark import _pct  # the served benchmark's percentile
+from benchmark import _pct  # noqa: E402  (the served benchmark's percentile; found through sys.path above)
 
 logger = logging.getLogger("bench.gpu")
 
@@ -260,7 +260,9 @@ def bench_runner(
             toks = greedy_argmax(runner.decode(toks)).tolist()
         ms = 1000 * (time.perf_counter() - t0) / steps
         model.set_experts_implementation(chosen)
-        out.append({"streams": n, "step_ms": round(ms, 2), "tok_s": round(1000 * n / ms, 1), "lean_decode": runner.lean_decode})
+        out.append(
+            {"streams": n, "step_ms": round(ms, 2), "tok_s": round(1000 * n / ms, 1), "lean_decode": runner.lean_decode}
+        )
         logger.info("  runner %3d rows: %.2f ms/step (lean decode %s)", n, ms, "on" if runner.lean_decode else "off")
     return out
 
@@ -332,7 +334,7 @@ def main() -> None:
     import torch
 
     import gptoss.settings as settings_mod
-    from gptoss.engine.loader import engine_config, pick_device
+    from gptoss.engine.loader import pick_device
 
     levels = [int(x) for x in args.streams.split(",")]
     phases = args.phases.split(",")

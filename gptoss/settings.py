@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
     max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
     kv_cache_tokens: int = Field(
-        0, ge=0, description="KV-cache budget in tokens over all running sequences (0 = CPU 262144, GPU sized from free memory)."
+        0,
+        ge=0,
+        description="KV-cache budget in tokens over all running sequences "
+        "(0 = CPU 262144, GPU sized from free memory).",
     )
     request_timeout: float = Field(
         600.0, gt=0, description="Seconds a request may run before it is stopped (BentoML's own limit is set above it)."
@@ -77,7 +80,8 @@ class Settings(BaseSettings):
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
     gpu_type: str = Field(
         "nvidia-a100-80gb",
-        description="BentoCloud GPU type in the Bento's resources: 80 GB for bf16 experts; 'nvidia-l4' once MXFP4 runs.",
+        description="BentoCloud GPU type in the Bento's resources: 80 GB for bf16 experts; "
+        "'nvidia-l4' once MXFP4 runs.",
     )
 
     # --- auth --------------------------------------------------------------------------------------

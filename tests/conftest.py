@@ -10,8 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -19,7 +19,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Keep the tiny model and the vocabulary copy between runs (gitignored).
 os.environ.setdefault("GPTOSS_CACHE_DIR", str(REPO / ".cache" / "gptoss"))
-sys.path.insert(0, str(REPO))
+SERVER_FIXTURES = frozenset({"server", "isolated_server", "small_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``e2e``: everything under tests/e2e/, and any test that starts a real server."""
+    for item in items:
+        if "e2e" in item.path.parts or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 ADMIN_KEY = "sk-test-admin-0123456789abcdef"
 CHAT_KEY = "sk-test-chatonly-0123456789abcdef"
@@ -79,7 +86,7 @@ class RemoteServer:
         self._home = tempfile.mkdtemp(prefix="bentoml_home_")
         full_env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, **env}
         self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service:GptOss", "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=REPO,

@@ -16,11 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gptoss.observability.access_log import note, note_prompt
-from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
-from gptoss.engine.types import EngineError, EngineNotReady
-from gptoss.errors import APIError, api_error_from
-from gptoss.observability.metrics import exposition
 from gptoss.api.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -32,6 +27,11 @@ from gptoss.api.protocol import (
     validation_error_to_api_error,
 )
 from gptoss.api.serving import Backend, ChatHandler, CompletionHandler, check_model
+from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
+from gptoss.engine.types import EngineError, EngineNotReady
+from gptoss.errors import APIError, api_error_from
+from gptoss.observability.access_log import note, note_prompt
+from gptoss.observability.metrics import exposition
 
 logger = logging.getLogger(__name__)
 

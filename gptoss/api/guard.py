@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gptoss.errors import APIError, send_error
 from gptoss.routes import find_route
@@ -163,7 +164,8 @@ def _shaping_errors(send: Callable[..., Any]) -> Callable[..., Any]:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         err = APIError(status, _message_of(body, status), code=_CODES.get(status))
-        keep = [(k, v) for k, v in start.get("headers", ()) if bytes(k).lower() not in (b"content-type", b"content-length")]
+        dropped = (b"content-type", b"content-length")
+        keep = [(k, v) for k, v in start.get("headers", ()) if bytes(k).lower() not in dropped]
         err.headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in keep}
         await send_error(send, err)
 

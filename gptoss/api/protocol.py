@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, TypeVar, Union
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
@@ -866,7 +867,7 @@ class _OmitNone(BaseModel):
 
     # No return annotation on purpose: pydantic then keeps the model's own serialisation schema.
     @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler):  # noqa: ANN202
+    def _drop_none(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
         if isinstance(data, dict):
             for key in self._omit_if_none:

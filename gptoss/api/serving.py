@@ -13,22 +13,30 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import Any, Protocol
 
-from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
-from gptoss.errors import APIError, api_error_from, bad_request
-from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
-from gptoss.harmony.mapping import ChatStreamParser, IncrementalDecoder, StopMatcher, render_chat, token_bytes, token_text
 from gptoss.api.protocol import (
+    SSE_DONE,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
-    SSE_DONE,
     to_sampling_params,
 )
+from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
+from gptoss.errors import APIError, api_error_from, bad_request
+from gptoss.harmony.mapping import (
+    ChatStreamParser,
+    IncrementalDecoder,
+    StopMatcher,
+    render_chat,
+    token_bytes,
+    token_text,
+)
+from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
 from gptoss.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -387,7 +395,7 @@ class ChatHandler:
 
     async def start(
         self, req: ChatCompletionRequest, key_name: str | None = None, admission: Admission = UNLIMITED
-    ) -> "ChatJob":
+    ) -> ChatJob:
         b = self.backend  # the route has checked the model (before the key's model access)
         await self._refuse_oversized(req)
         # Rendering and tokenising a conversation takes a while: off the event loop.
@@ -636,7 +644,7 @@ class CompletionHandler:
 
     async def start(
         self, req: CompletionRequest, key_name: str | None = None, admission: Admission = UNLIMITED
-    ) -> "CompletionJob":
+    ) -> CompletionJob:
         b = self.backend  # the route has checked the model (before the key's model access)
         if sum(len(p) for p in req.prompts() if isinstance(p, str)) >= LARGE_INPUT_CHARS:
             async with _LARGE_INPUTS:

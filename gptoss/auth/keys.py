@@ -524,7 +524,7 @@ def _parse_text(text: str) -> Any:
         except RecursionError:
             raise KeysFileError("invalid JSON: nested too deeply") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         # str(e) would include a snippet of the offending line, which may hold a key.
         mark = e.problem_mark or e.context_mark

@@ -20,8 +20,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from gptoss.engine.types import (
     DEFAULT_CPU_KV_TOKENS,
@@ -67,7 +68,9 @@ class EngineStats:
 class TokenStream:
     """Async iterator over one request's :class:`TokenEvent`s; ``cancel()`` stops generation."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None]) -> None:
+    def __init__(
+        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None]
+    ) -> None:
         self.request_id = request.request_id
         self._on_cancel = on_cancel
         self._queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
@@ -75,7 +78,7 @@ class TokenStream:
         self._done = False
         self.cancelled = False
 
-    def __aiter__(self) -> "TokenStream":
+    def __aiter__(self) -> TokenStream:
         return self
 
     async def __anext__(self) -> TokenEvent:
@@ -485,7 +488,8 @@ class FrontEnd:
     def _admit(self, queued: int) -> None:
         """Raise what a new request gets instead of a stream, given how many already wait."""
         if self.load_error is not None or not self._ready.is_set():
-            raise EngineNotReady("the model is still loading" if self.load_error is None else "the model failed to load")
+            loading = self.load_error is None
+            raise EngineNotReady("the model is still loading" if loading else "the model failed to load")
         if self._draining:
             raise EngineShuttingDown("the server is shutting down")
         if queued >= self.config.max_queued:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptoss.engine.core import EngineConfig
 from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from gptoss.kernels.decode_forward import lean_decode, supports_lean_decode
 from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS, SamplingParams
+from gptoss.kernels.decode_forward import lean_decode, supports_lean_decode
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ModelRunner:
         return out.logits[:, -1], Batch(cache, mask, mask.sum(-1))
 
     @torch.inference_mode()
-    def prefill_chunk(self, job: "ChunkedPrefill", budget: int) -> tuple[torch.Tensor, Batch] | None:
+    def prefill_chunk(self, job: ChunkedPrefill, budget: int) -> tuple[torch.Tensor, Batch] | None:
         """Prefill the next ``budget`` tokens of a long prompt in its own cache.
 
         Long prompts are split over several engine steps so running streams keep getting a
@@ -192,7 +192,7 @@ class ModelRunner:
         mask = torch.ones((1, len(job.prompt)), dtype=torch.long, device=self.device)
         return out.logits[:, -1], Batch(job.cache, mask, mask.sum(-1))
 
-    def start_chunked(self, prompt: Sequence[int]) -> "ChunkedPrefill":
+    def start_chunked(self, prompt: Sequence[int]) -> ChunkedPrefill:
         return ChunkedPrefill(list(prompt), DynamicCache(config=self.config))
 
     @torch.inference_mode()
@@ -271,7 +271,7 @@ class SamplerState:
     @classmethod
     def create(
         cls, params: SamplingParams, prompt_ids: Sequence[int], vocab: int, device: torch.device | str = "cpu"
-    ) -> "SamplerState":
+    ) -> SamplerState:
         """The bias tensors live on the logits' device; the RNG stays on the CPU (one draw per token)."""
         state = cls(params, prompt_ids)
         if params.temperature > 0:

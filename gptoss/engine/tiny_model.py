@@ -113,8 +113,8 @@ def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = No
     from transformers import GenerationConfig, GptOssConfig, GptOssForCausalLM
 
     if vocab_dir is None:
-        from gptoss.settings import get_settings
         from gptoss.harmony.vocab import ensure_vocab
+        from gptoss.settings import get_settings
 
         vocab_dir = ensure_vocab(get_settings().cache_dir)
 

@@ -8,8 +8,9 @@ Routes submit a :class:`GenerationRequest` and iterate the :class:`RequestStream
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Mapping, Protocol
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 

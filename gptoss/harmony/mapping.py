@@ -31,9 +31,10 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from openai_harmony import (
     Author,
@@ -419,7 +420,7 @@ def render_chat(
     system = (
         SystemContent.new()
         .with_reasoning_effort(effort)
-        .with_conversation_start_date(today or _dt.datetime.now(_dt.timezone.utc).date().isoformat())
+        .with_conversation_start_date(today or _dt.datetime.now(_dt.UTC).date().isoformat())
     )
     head = [Message.from_role_and_content(Role.SYSTEM, system)]
     developer = DeveloperContent.new()
@@ -599,10 +600,7 @@ def _header_ok(segments: list[str], specials: list[str], first: bool, complete: 
         _channel_segment_ok,
         lambda t, o: bool((_CTYPE_PART if o else _CTYPE_DONE).fullmatch(t)),
     ]
-    for k, text in enumerate(segments[: len(order) + 1]):
-        if not checks[k](text, (not complete) and k == len(order)):
-            return False
-    return True
+    return all(checks[k](text, (not complete) and k == len(order)) for k, text in enumerate(segments[: len(order) + 1]))
 
 
 _EXPECT_START, _HEADER, _CONTENT, _DONE, _RAW = "expect_start", "header", "content", "done", "raw"

@@ -135,7 +135,9 @@ def text_encoding(cache_dir: Path | None = None) -> Any:
     base = ensure_vocab(cache_dir if cache_dir is not None else _default_cache_dir())
     ranks = load_tiktoken_bpe(str(base / VOCAB_FILE), expected_hash=VOCAB_SHA256)
     specials = {tok: harmony.encode(tok, allowed_special="all")[0] for tok in harmony.special_tokens_set}
-    return tiktoken.Encoding("o200k_harmony_local", pat_str=O200K_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    return tiktoken.Encoding(
+        "o200k_harmony_local", pat_str=O200K_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 def _default_cache_dir() -> Path:

@@ -17,8 +17,9 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gptoss.routes import find_route
 from gptoss.settings import Settings, get_settings

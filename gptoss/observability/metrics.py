@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Metrics:
     kv_cache_capacity: Any
 
     @classmethod
-    def create(cls, registry: Any = None) -> "Metrics":
+    def create(cls, registry: Any = None) -> Metrics:
         """Register the families in ``registry`` (prometheus_client's default when None)."""
         import prometheus_client as prom  # imported here: after PROMETHEUS_MULTIPROC_DIR is set
 

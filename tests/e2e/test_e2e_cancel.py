@@ -32,8 +32,9 @@ def wait_for_running(server: RemoteServer, want: float, timeout: float = 15.0) -
 
 def test_streaming_disconnect_frees_the_slot(server: RemoteServer):
     body = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=30) as client:
-        with client.stream("POST", server.url("/v1/completions"), json=body, headers=AUTH) as r:
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", server.url("/v1/completions"), json=body, headers=AUTH
+    ) as r:
             lines = r.iter_lines()
             for _ in range(5):
                 next(lines)

@@ -13,7 +13,7 @@ import pytest
 
 import gptoss.engine.runner as model_runner
 from gptoss.engine.types import EngineFault, GenerationRequest, SamplingParams, SequenceFailed
-from tests.test_engine import PROMPTS, collect, greedy, make_engine, model  # noqa: F401  (fixture)
+from tests.unit.engine.test_engine import PROMPTS, collect, greedy, make_engine
 
 NEIGHBOUR_TOKENS = 40
 

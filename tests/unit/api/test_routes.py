@@ -14,10 +14,10 @@ import httpx
 import openai
 import pytest
 
-from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
-from gptoss.harmony.vocab import load_encoding
 from gptoss.api.app import app, attach_backend
 from gptoss.api.serving import Backend
+from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
+from gptoss.harmony.vocab import load_encoding
 from gptoss.settings import Settings
 
 ENC = load_encoding()

@@ -80,7 +80,7 @@ def test_tokens_stream_as_generated(server: RemoteServer):
     stream = server.client().completions.create(model=MODEL, prompt="Once upon", max_tokens=400, temperature=0, stream=True)
     t0 = time.monotonic()
     arrivals = []
-    for chunk in stream:
+    for _chunk in stream:
         arrivals.append(time.monotonic() - t0)
     assert len(arrivals) > 100
     assert arrivals[0] < arrivals[-1] / 3

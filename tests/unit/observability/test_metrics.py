@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gptoss.observability.metrics import EngineGauges, Metrics, TokenTimings, endpoint_label, record_request
 from gptoss.api.serving import TokenClock
+from gptoss.observability.metrics import EngineGauges, Metrics, TokenTimings, endpoint_label, record_request
 from tests.conftest import ADMIN_KEY, CHAT_KEY, RemoteServer
 
 MODEL = "gpt-oss-20b"

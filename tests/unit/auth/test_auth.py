@@ -25,7 +25,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import gptoss.auth.keys as auth
-from tests.conftest import REPO
 from gptoss.auth.keys import (
     AuthMiddleware,
     KeysFileError,
@@ -37,6 +36,7 @@ from gptoss.auth.keys import (
 )
 from gptoss.errors import APIError
 from gptoss.settings import Settings
+from tests.conftest import REPO
 
 # Keys used throughout (all >= 16 chars). One per permission.
 K_ALL = "sk-test-all-0000000000000000"
@@ -680,7 +680,7 @@ def test_invalid_files(tmp_path: Path, text: str, fragment: str) -> None:
 
 def test_duplicate_key_in_seed_json(tmp_path: Path) -> None:
     f = tmp_path / "keys.json"
-    f.write_text('{"%s": {"user": "a"}, "%s": {"user": "b"}}' % (K_ALL, K_ALL))
+    f.write_text(f'{{"{K_ALL}": {{"user": "a"}}, "{K_ALL}": {{"user": "b"}}}}')
     with pytest.raises(KeysFileError) as ei:
         KeyStore(f)
     assert K_ALL not in str(ei.value)
@@ -976,7 +976,7 @@ LEAKY_FILES = {
     "seed dict under keys:": (f"keys:\n  {SECRET}: {{user: a}}\n", "list"),
     "extra top-level field": (f"keys:\n  - name: a\n    key: {K_ALL}\n{SECRET}: {{user: b}}\n", "top-level"),
     "name and key swapped": (f"keys:\n  - name: {SECRET}\n    key: alice\n", "keys[0]"),
-    "name is the key": (f"keys:\n  - name: alicealicealicealice\n    key: alicealicealicealice\n", "keys[0]"),
+    "name is the key": ("keys:\n  - name: alicealicealicealice\n    key: alicealicealicealice\n", "keys[0]"),
     "key as a permission": (f"keys:\n  - name: a\n    key: {K_ALL}\n    permissions: [{SECRET}]\n", "keys[0] (a)"),
     "key as a limit": (f"keys:\n  - name: a\n    key: {K_ALL}\n    limits: {{{SECRET}: 3}}\n", "keys[0] (a)"),
     "typo next to a key": (f"keys:\n  - name: a\n    key: {SECRET}\n    permision: [chat]\n", "'permision'"),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, RemoteServer
 from tests import openai_schema as S
+from tests.conftest import ADMIN_KEY, RemoteServer
 
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"

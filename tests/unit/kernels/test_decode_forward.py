@@ -11,8 +11,7 @@ import gptoss.kernels.decode_forward as decode_forward
 from gptoss.engine.loader import engine_config, load_model, resolve_model_path
 from gptoss.engine.runner import ModelRunner, greedy_argmax
 from gptoss.settings import Settings
-
-from .test_engine import PROMPTS
+from tests.unit.engine.test_engine import PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptoss.engine.types import SamplingParams
 from gptoss.engine.runner import SAMPLE_CHUNK_ROWS, SamplerState, _pick_ranked, sample
+from gptoss.engine.types import SamplingParams
 
 VOCAB = 201_088
 

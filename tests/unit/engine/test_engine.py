@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from gptoss.engine.core import Engine, EngineConfig
-from gptoss.engine.types import EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
-from gptoss.engine.loader import load_model, resolve_model_path
 from gptoss.engine.runner import ModelRunner
-from gptoss.settings import Settings
+from gptoss.engine.types import EngineOverloaded, EngineShuttingDown, GenerationRequest, SamplingParams
 
 PROMPTS = [
     [200006, 1428, 200008, 13225, 11, 1495, 553, 481, 30, 200007, 200006, 173781],
@@ -19,12 +17,6 @@ PROMPTS = [
     [3, 4, 5],
     list(range(5000, 5150)),  # longer than the sliding window (128)
 ]
-
-
-@pytest.fixture(scope="module")
-def model():
-    settings = Settings(model="tiny")
-    return load_model(settings, resolve_model_path(settings))
 
 
 def make_engine(model, **cfg) -> Engine:
@@ -252,8 +244,8 @@ async def test_top_k_and_min_p_narrow_sampling(model):
 
 
 async def test_kv_budget_sized_after_loading_when_unset(model):
-    from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS as CPU_KV_BUDGET
     from gptoss.engine.runner import default_kv_budget
+    from gptoss.engine.types import DEFAULT_CPU_KV_TOKENS as CPU_KV_BUDGET
 
     assert default_kv_budget(model) == CPU_KV_BUDGET  # the tiny model is on the CPU
     engine = make_engine(model, kv_cache_tokens=0)
