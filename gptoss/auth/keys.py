@@ -37,6 +37,7 @@ from urllib.parse import unquote
 import yaml
 
 from gptoss.errors import APIError, send_error
+from gptoss.routes import find_route
 from gptoss.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -78,16 +79,6 @@ MIN_KEY_LENGTH = 16
 MAX_AUTH_HEADER_BYTES = 8192
 WINDOW_SECONDS = 60.0
 
-#: Always open (exact match on the request path): BentoML's health probes.
-PROBE_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz"})
-#: Open iff ``public_docs``; otherwise any valid key.
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs.json", "/"})
-#: BentoML UI static assets (old and new index), treated like the docs.
-DOCS_PREFIXES = ("/static_content/", "/assets/")
-#: Open iff ``public_metrics``; otherwise any valid key.
-METRICS_PATH = "/metrics"
-#: Not open, but any valid key may read it (BentoML's Python client fetches it first).
-_ANY_KEY_PATHS = frozenset({"/schema.json"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
 _HASH_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
@@ -1045,24 +1036,15 @@ def _normalise(path: str) -> str:
 
 
 def _route_permissions(norm: str) -> frozenset[str]:
-    """Permissions a normalised path needs; empty = any valid key."""
-    if norm == "/v1/chat/completions":
-        return frozenset({"chat"})
-    if norm == "/v1/completions":
-        return frozenset({"completions"})
-    if norm == "/v1/models" or norm.startswith("/v1/models/"):
-        return frozenset({"models"})
-    if norm == "/generate":
-        return frozenset({"generate"})
-    if (
-        norm in PROBE_PATHS
-        or norm in DOCS_PATHS
-        or norm in _ANY_KEY_PATHS
-        or norm == METRICS_PATH
-        or any(norm.startswith(p) for p in DOCS_PREFIXES)
-    ):
-        return frozenset()
-    return frozenset({"all"})
+    """Permissions a normalised path needs (the routes table); empty = any valid key.
+
+    A path that is no route needs ``all``: the request guard answers those with a 404 first,
+    and anything that reaches here by another way is denied to scoped keys.
+    """
+    route = find_route(norm)
+    if route is None:
+        return frozenset({"all"})
+    return frozenset({route.permission}) if route.permission else frozenset()
 
 
 def _raw_path_str(scope: Mapping[str, Any]) -> str | None:
@@ -1177,14 +1159,15 @@ class AuthMiddleware:
         raw = _raw_path_str(scope)
         if raw is not None and raw != path:
             return False
-        if path in PROBE_PATHS:
+        route = find_route(path)
+        if route is None:
+            return False
+        if route.access == "probe":
             return True
-        if path == METRICS_PATH:
+        if route.access == "metrics":
             return self.settings.public_metrics
-        if self.settings.public_docs:
-            if path in DOCS_PATHS:
-                return True
-            return _is_plain(path) and any(path.startswith(p) for p in DOCS_PREFIXES)
+        if route.access == "docs":
+            return self.settings.public_docs and (not route.prefix or _is_plain(path))
         return False
 
     # -- the key ------------------------------------------------------------------------------

@@ -29,8 +29,6 @@ access_logger = logging.getLogger("gptoss.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-#: Not logged or counted: probes and scrapes would drown the lines that matter.
-SKIP_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/metrics"})
 #: Where the record lives in ``scope["state"]``.
 STATE_KEY = "access"
 MAX_LOGGED_PROMPT = 4000
@@ -176,7 +174,8 @@ class AccessLogMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         path = scope.get("path", "")
-        if path in SKIP_PATHS:
+        route = find_route(path)
+        if route is not None and route.access in ("probe", "metrics"):  # would drown the lines that matter
             await self.app(scope, receive, _with_header(send, header))
             return
         record = AccessRecord(request_id=request_id, method=scope.get("method", ""), path=path)

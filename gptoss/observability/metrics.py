@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gptoss.routes import find_route
+
 logger = logging.getLogger(__name__)
 
 # Time to first token: from a fraction of a second (short prompt, idle GPU) to minutes (long
@@ -31,20 +33,14 @@ ITL_BUCKETS = (
     0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
 )
 
-#: The API endpoints that get their own ``endpoint`` label; every other path is ``other``.
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/generate")
-MODEL_DETAIL_ENDPOINT = "/v1/models/{model}"
 NO_KEY = "anonymous"  # key label when authentication is disabled or the key is unknown
 HIDDEN_KEY = "-"  # key label when key names are not exported (GPTOSS_METRICS_KEY_NAMES=false)
 
 
 def endpoint_label(path: str) -> str:
-    """A bounded ``endpoint`` label for a request path."""
-    if path in ENDPOINTS:
-        return path
-    if path.startswith("/v1/models/"):
-        return MODEL_DETAIL_ENDPOINT
-    return "other"
+    """A bounded ``endpoint`` label for a request path: its API route's, else ``other``."""
+    route = find_route(path)
+    return route.endpoint if route is not None and route.access == "key" else "other"
 
 
 def exposition() -> tuple[bytes, str]:
