@@ -16,13 +16,13 @@ from typing import Any
 import bentoml
 
 from gptoss.api.app import app as openai_app
-from gptoss.api.app import attach_backend, finish_job, start_job
+from gptoss.api.app import finish_job, start_job
+from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.api.protocol import ChatCompletionRequest, parse_request
 from gptoss.api.serving import Backend, ChatHandler
 from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
 from gptoss.engine.loader import build_engine, engine_config
-from gptoss.errors import api_error_from
 from gptoss.harmony.vocab import load_encoding, text_encoding
 from gptoss.observability.access_log import AccessLogMiddleware
 from gptoss.observability.metrics import EngineGauges, TokenTimings
@@ -105,15 +105,14 @@ class GptOss:
             self.engine.stats, settings.served_model_name, kv_capacity=self.engine.config.kv_cache_tokens
         )
         self.gauges.start()
-        attach_backend(
-            Backend(
-                self.engine,
-                self.encoding,
-                settings,
-                random_weights=settings.is_tiny,
-                observer=TokenTimings(settings.served_model_name),
-            )
+        self.backend = Backend(
+            self.engine,
+            self.encoding,
+            settings,
+            random_weights=settings.is_tiny,
+            observer=TokenTimings(settings.served_model_name),
         )
+        openai_app.state.backend = self.backend  # the mounted API serves from now on
 
     def __is_ready__(self) -> bool:
         """BentoML's /readyz: 503 until the model is loaded and the engine serves (then /health is 200)."""
@@ -150,7 +149,7 @@ class GptOss:
                     "stream": True,
                 },
             )
-            job = await start_job(request, body, ChatHandler, lambda: prompt)
+            job = await start_job(request, self.backend, body, ChatHandler, lambda: prompt)
         except Exception as exc:
             err = api_error_from(exc)
             ctx.response.status_code = err.status

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (FastAPI): thin routes over serving.py.
 
-Mounted by service.py at the server root, so the API lives at ``/v1/...``, the health check at
-``/health`` and the docs at ``/docs`` (Swagger UI) and ``/redoc``. Every error, including
+:func:`create_app` builds the app; service.py mounts one at the server root (so the API lives
+at ``/v1/...``, the health check at ``/health``, the docs at ``/docs`` and ``/redoc``) and hands
+it its :class:`Backend` once the engine exists; tests build their own. Every error, including
 FastAPI's own validation and routing errors, leaves as an OpenAI-shaped body.
 """
 
@@ -11,11 +12,12 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptoss.api.errors import api_error_from
 from gptoss.api.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -29,7 +31,7 @@ from gptoss.api.protocol import (
 from gptoss.api.serving import Backend, ChatHandler, CompletionHandler, check_model
 from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
-from gptoss.errors import APIError, api_error_from
+from gptoss.errors import APIError
 from gptoss.observability.access_log import note, note_prompt
 from gptoss.observability.metrics import exposition
 
@@ -39,28 +41,39 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
 }
 
-app = FastAPI(
-    title="gpt-oss OpenAI-compatible API",
-    description="OpenAI-compatible chat and completions for gpt-oss, served by BentoML. "
-    "Authenticate with `Authorization: Bearer <API key>`.",
-    version="1.0.0",
-    docs_url="/docs",
-    redoc_url="/redoc",
-    openapi_url="/openapi.json",
-)
+router = APIRouter()
 
 
-def attach_backend(backend: Backend) -> None:
-    """Called by the service once its engine exists."""
+def create_app(backend: Backend | None = None) -> FastAPI:
+    """The API as an ASGI app; ``backend`` may be attached later (``app.state.backend``)."""
+    app = FastAPI(
+        title="gpt-oss OpenAI-compatible API",
+        description="OpenAI-compatible chat and completions for gpt-oss, served by BentoML. "
+        "Authenticate with `Authorization: Bearer <API key>`.",
+        version="1.0.0",
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
     app.state.backend = backend
+    app.include_router(router)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app
 
 
-def _backend(request: Request) -> Backend:
-    # This app's state, also when the request came through BentoML's own `generate` route.
-    backend: Backend | None = getattr(app.state, "backend", None)
+def ready_backend(backend: Backend | None) -> Backend:
+    """``backend`` once its engine serves; otherwise the 503 a client gets while the model loads."""
     if backend is None or not backend.engine.ready:
         raise EngineNotReady("the model is still loading")
     return backend
+
+
+def _backend(request: Request) -> Backend:
+    return ready_backend(getattr(request.app.state, "backend", None))
 
 
 def _authorize_model(request: Request, model: str) -> None:
@@ -94,28 +107,23 @@ def _json_error(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-@app.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return _json_error(exc)
 
 
-@app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     return _json_error(validation_error_to_api_error(exc))
 
 
-@app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     return _json_error(APIError(exc.status_code, str(exc.detail), code=code))
 
 
-@app.exception_handler(EngineError)
 async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
     return _json_error(api_error_from(exc))
 
 
-@app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return _json_error(api_error_from(exc))
 
@@ -123,14 +131,14 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 # --- routes ---------------------------------------------------------------------------------------
 
 
-@app.get("/health", tags=["health"], responses=_ERRORS)
+@router.get("/health", tags=["health"], responses=_ERRORS)
 async def health(request: Request) -> dict[str, str]:
     """Liveness + readiness: 200 once the model is loaded, 503 while it loads."""
     _backend(request)
     return {"status": "ok"}
 
 
-@app.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     """Prometheus metrics of every worker (a key is needed unless GPTOSS_PUBLIC_METRICS is on)."""
     body, content_type = await asyncio.to_thread(exposition)
@@ -150,13 +158,13 @@ def _model_card(backend: Backend) -> ModelCard:
     )
 
 
-@app.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_ERRORS)
 async def list_models(request: Request) -> ModelList:
     backend = _backend(request)
     return ModelList.model_validate({"object": "list", "data": [_model_card(backend)]})
 
 
-@app.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["models"], responses=_ERRORS)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["models"], responses=_ERRORS)
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     backend = _backend(request)
     check_model(backend, model_id)
@@ -191,14 +199,14 @@ async def _respond(request: Request, job: Any, stream: bool) -> Any:
         finish_job(request, job)
 
 
-async def start_job(request: Request, body: Any, handler: type, prompt: Any) -> Any:
+async def start_job(request: Request, backend: Backend | None, body: Any, handler: type, prompt: Any) -> Any:
     """What every generation entry point does first: check model and key, start the job.
 
     The chat and completions routes and the native ``generate`` API all come through here;
     :func:`finish_job` is the other half.
     """
     note(request, model=body.model, stream=bool(body.stream))
-    backend = _backend(request)
+    backend = ready_backend(backend)
     note_prompt(request, backend.settings, prompt)
     check_model(backend, body.model)
     _authorize_model(request, body.model)
@@ -207,11 +215,11 @@ async def start_job(request: Request, body: Any, handler: type, prompt: Any) -> 
 
 
 async def _generate(request: Request, body: Any, handler: type, prompt: Any) -> Any:
-    job = await start_job(request, body, handler, prompt)
+    job = await start_job(request, request.app.state.backend, body, handler, prompt)
     return await _respond(request, job, bool(body.stream))
 
 
-@app.post(
+@router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
     tags=["chat"],
@@ -222,7 +230,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return await _generate(request, body, ChatHandler, lambda: body.model_dump(exclude_none=True).get("messages"))
 
 
-@app.post(
+@router.post(
     "/v1/completions",
     response_model=Completion,
     tags=["completions"],
@@ -231,3 +239,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Legacy text completion on raw text (no Harmony rendering); `stream: true` for SSE."""
     return await _generate(request, body, CompletionHandler, lambda: body.prompt)
+
+
+#: The app service.py mounts (``openai_compat.app``); its backend is attached at start.
+app = create_app()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gptoss.api.errors import api_error_from
 from gptoss.api.protocol import (
     SSE_DONE,
     ChatCompletion,
@@ -27,7 +28,7 @@ from gptoss.api.protocol import (
     to_sampling_params,
 )
 from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
-from gptoss.errors import APIError, api_error_from, bad_request
+from gptoss.errors import APIError, bad_request
 from gptoss.harmony.mapping import (
     ChatStreamParser,
     IncrementalDecoder,

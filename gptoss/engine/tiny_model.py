@@ -17,8 +17,6 @@ import logging
 import os
 from pathlib import Path
 
-from gptoss.harmony.vocab import HARMONY_VOCAB_SIZE
-
 logger = logging.getLogger(__name__)
 
 # Harmony's special tokens (o200k_harmony): ids 199998.. 201087; the others are reserved.
@@ -33,7 +31,7 @@ _NAMED_SPECIALS = {
     200008: "<|message|>",
     200012: "<|call|>",
 }
-VOCAB_SIZE = HARMONY_VOCAB_SIZE
+VOCAB_SIZE = 201088  # gpt-oss-20b's config.json vocab_size: the o200k_harmony vocabulary (tests check it)
 SEED = 1234
 # Marks a finished build; bump when the recipe changes so old caches are rebuilt.
 BUILD_MARKER = "tiny-gpt-oss.json"

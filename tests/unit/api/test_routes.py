@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from gptoss.api.app import app, attach_backend
+from gptoss.api.app import create_app
 from gptoss.api.serving import Backend
 from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
 from gptoss.harmony.vocab import load_encoding
@@ -80,6 +81,7 @@ class FakeEngine:
     ready: bool = True
     requests: list[GenerationRequest] = field(default_factory=list)
     fail_after: int | None = None  # streams raise SequenceFailed after this many tokens
+    app: Any = None  # the app serving it (set by the client_for fixture)
 
     def submit(self, request: GenerationRequest) -> FakeStream:
         self.requests.append(request)
@@ -89,16 +91,15 @@ class FakeEngine:
 
 @pytest.fixture()
 def client_for():
-    previous = getattr(app.state, "backend", None)
+    """An app of its own over a FakeEngine: (SDK client, engine); ``engine.app`` is the ASGI app."""
 
     def make(script: str, **settings) -> tuple[openai.AsyncOpenAI, FakeEngine]:
         engine = FakeEngine(script)
-        attach_backend(Backend(engine, ENC, Settings(**settings)))
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        engine.app = create_app(Backend(engine, ENC, Settings(**settings)))
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=engine.app), base_url="http://test")
         return openai.AsyncOpenAI(base_url="http://test/v1", api_key="unused", http_client=http, max_retries=0), engine
 
-    yield make
-    app.state.backend = previous
+    return make
 
 
 async def test_reasoning_and_answer_split(client_for):
@@ -186,7 +187,7 @@ async def test_length_cut_in_reasoning_leaves_no_content(client_for):
 
 async def test_health_and_not_ready(client_for):
     client, engine = client_for(REASON_THEN_ANSWER)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=engine.app), base_url="http://test") as http:
         assert (await http.get("/health")).json() == {"status": "ok"}
         engine.ready = False
         r = await http.get("/health")
@@ -196,8 +197,8 @@ async def test_health_and_not_ready(client_for):
 
 
 async def test_unknown_route_and_method_are_openai_shaped(client_for):
-    client_for(REASON_THEN_ANSWER)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    _, engine = client_for(REASON_THEN_ANSWER)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=engine.app), base_url="http://test") as http:
         r = await http.get("/v1/nope")
         assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
         r = await http.get("/v1/chat/completions")
@@ -209,7 +210,7 @@ async def test_engine_failure_mid_stream_is_an_error_event_then_done(client_for)
     _, engine = client_for(REASON_THEN_ANSWER)
     engine.fail_after = 3
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=engine.app), base_url="http://test") as http:
         r = await http.post("/v1/chat/completions", json=body)
         events = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
         assert r.status_code == 200 and events[-1] == "[DONE]"
@@ -256,7 +257,7 @@ async def test_default_max_tokens_shrinks_to_the_key_budget_and_the_rest_is_give
     from gptoss.api.serving import ChatHandler
 
     _, engine = client_for(REASON_THEN_ANSWER)
-    handler = ChatHandler(app.state.backend)
+    handler = ChatHandler(engine.app.state.backend)
     budget = Budget(300)
     req = ChatCompletionRequest.model_validate({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2})
     job = await handler.start(req, admission=budget)
