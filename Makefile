@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Documented demo key (README): for the local demo only, never for a server others can reach.
 DEMO_KEY ?= sk-demo-local-only-change-me
 
-.PHONY: setup demo serve test lint bench build clean
+.PHONY: setup demo serve test lint docs bench build clean
 
 setup: $(VENV)/.installed
 
@@ -39,3 +39,6 @@ build: setup  ## a Bento (bentoml build) with the Harmony vocabulary bundled
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+docs: setup  ## docs/configuration.md from gptoss/settings.py
+	$(BIN)/python -m gptoss.settings > docs/configuration.md

@@ -1,12 +1,15 @@
 """All runtime settings in one place, read from environment variables (prefix ``GPTOSS_``).
 
-Every field here is documented in the README's configuration table; keep the two in sync.
+docs/configuration.md is generated from this file (``python -m gptoss.settings > docs/configuration.md``,
+or ``make docs``): the ``# --- group`` comments below are its sections, each field's description
+its text. A test fails when the file is stale.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -32,23 +35,6 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Weights dtype; 'auto' keeps the checkpoint's (MXFP4 on capable GPUs, else bf16)."
-    )
-
-    cpu_prepack: bool = Field(True, description="CPU: prepack lm_head for oneDNN (exact, ~2x faster projection).")
-    gqa_attention: bool = Field(
-        True, description="Eager attention reads the KV cache in place instead of repeating it per query head."
-    )
-    cpu_dense_experts: bool = Field(
-        True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
-    )
-    lean_decode: bool = Field(
-        True, description="Decode steps skip transformers' per-call mask building and wrappers (same ops, exact)."
-    )
-    gpu_batched_experts_tokens: int = Field(
-        4,
-        ge=0,
-        description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger steps grouped_mm "
-        "(0 = always grouped_mm).",
     )
 
     # --- generation defaults ---------------------------------------------------------------------
@@ -105,6 +91,24 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="One 'gptoss.access' log line per API request.")
     access_log_format: Literal["logfmt", "json"] = Field("logfmt", description="Format of the access log lines.")
 
+    # --- advanced: kernel speed-ups (exact; the defaults suit every device) ---------------------
+    cpu_prepack: bool = Field(True, description="CPU: prepack the output projection for oneDNN (exact, faster).")
+    gqa_attention: bool = Field(
+        True, description="Eager attention reads the KV cache in place instead of repeating it per query head."
+    )
+    cpu_dense_experts: bool = Field(
+        True, description="CPU: small MoE layers run all experts in two batched matmuls when that is cheap (exact)."
+    )
+    lean_decode: bool = Field(
+        True, description="Decode steps skip transformers' per-call mask building and wrappers (same ops, exact)."
+    )
+    gpu_batched_experts_tokens: int = Field(
+        4,
+        ge=0,
+        description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger steps grouped_mm "
+        "(0 = always grouped_mm).",
+    )
+
     @field_validator("keys_file", mode="before")
     @classmethod
     def _empty_keys_file_is_unset(cls, value: object) -> object:
@@ -129,3 +133,42 @@ def configure_logging(settings: Settings) -> None:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def settings_markdown() -> str:
+    """docs/configuration.md: every setting, its variable, default and description, by group."""
+    import inspect
+
+    source = inspect.getsource(Settings)
+    group, groups = "", {}
+    for line in source.splitlines():
+        heading = re.match(r"\s*# --- (.+?) -{3,}$", line)
+        if heading:
+            group = heading.group(1).strip()
+            continue
+        field = re.match(r"    (\w+): .*= Field\(", line)
+        if field and field.group(1) in Settings.model_fields:
+            groups.setdefault(group, []).append(field.group(1))
+    out = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable, read once at start. This page is generated from",
+        "`gptoss/settings.py` (`make docs`); do not edit it by hand.",
+        "",
+    ]
+    for group, names in groups.items():
+        out += [f"## {group[0].upper()}{group[1:]}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for name in names:
+            info = Settings.model_fields[name]
+            default = info.default.get_secret_value() if isinstance(info.default, SecretStr) else info.default
+            if isinstance(default, Path) and str(default).startswith(str(Path.home())):
+                default = "~" + str(default)[len(str(Path.home())):]
+            text = str(default).lower() if isinstance(default, bool) else str(default)
+            shown = "–" if default in (None, "") else f"`{text}`"
+            out.append(f"| `GPTOSS_{name.upper()}` | {shown} | {info.description} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
