@@ -10,11 +10,24 @@ DEMO_KEY ?= sk-demo-local-only-change-me
 
 setup: $(VENV)/.installed
 
+# torch before the rest, and the right build of it: with an NVIDIA GPU the CUDA build (PyPI's
+# default); without one the CPU build, from a local wheel where pip is configured with one, else
+# from PyTorch's CPU index (PyPI's default would pull several GB of CUDA libraries).
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		echo "setup: NVIDIA GPU found: installing torch $(TORCH_VERSION) (CUDA build)"; \
+		$(BIN)/pip install -q torch==$(TORCH_VERSION); \
+	else \
+		echo "setup: no NVIDIA GPU: installing torch $(TORCH_VERSION) (CPU build)"; \
+		$(BIN)/pip install -q torch==$(TORCH_VERSION)+cpu 2>/dev/null \
+		|| $(BIN)/pip install -q torch==$(TORCH_VERSION)+cpu --index-url $(TORCH_CPU_INDEX) \
+			--extra-index-url https://pypi.org/simple; \
+	fi
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
