@@ -10,10 +10,10 @@ config with random weights, directly on the device, then goes through the same
 * the same with ``GPTOSS_GQA_ATTENTION`` off (transformers' eager attention), same model;
 * whether stream 0's greedy tokens are the same alone and batched.
 
-    python bench/gpu_engine.py                          # on the GPU host (see README, Performance)
+    python bench/gpu_engine.py                          # on the GPU host (see docs/performance.md)
     python bench/gpu_engine.py --shape bench --streams 1,4 --max-tokens 16   # a CPU dry run
 
-On a CPU the engine phases understate a served engine (~30% at 16 rows on 2 cores): the model
+On a CPU the engine phases understate a served engine: the model
 is built and run on the main thread first, and OpenMP teams for two threads exceed the cores
 (libgomp then spin-waits less between ops). The server runs all torch work on its engine thread.
 
@@ -322,8 +322,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--phases", default="generate,thread,eager",
-                    help="which of generate, runner, profile, experts, thread, sampled (T=1), quiet, eager (GQA off), "
-                    "process to run; runner/profile/experts/quiet break a step's cost down (no engine / op tables / "
+                    help="which of generate, runner, profile, experts, thread, sampled (T=1), quiet, eager (GQA off) "
+                    "to run; runner/profile/experts/quiet break a step's cost down (no engine / op tables / "
                     "grouped_mm vs batched_mm by rows / no lag probe)")
     ap.add_argument("--runner-steps", type=int, default=64)
     ap.add_argument("--sweep", default="1,2,4,8,16,32", help="rows per decode step for the experts phase")

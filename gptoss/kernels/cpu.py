@@ -5,7 +5,7 @@
 gpt-oss's lm_head is a 201,088 x hidden matrix read in full for every decode step; on CPU it is
 the largest single cost per token. ``F.linear`` re-lays the weight out for oneDNN on every call;
 prepacking it once (what torch.compile's CPU backend does for linears) makes the projection
-about 2x faster and gives bit-identical results. The prepacked op is a torch-internal one
+faster and gives bit-identical results. The prepacked op is a torch-internal one
 (``torch.ops.mkldnn``), so it is used only after a self-check against ``F.linear`` and falls back
 to the stock module if the op is missing or disagrees. ``GPTOSS_CPU_PREPACK=false`` turns it off.
 
@@ -13,7 +13,7 @@ to the stock module if the op is missing or disagrees. ``GPTOSS_CPU_PREPACK=fals
 matmuls per expert hit plus ~40 routing ops per layer. When a step's tokens hit most experts
 anyway and every expert on every token is cheap (small hidden size, few rows: a decode step of a
 small model), it is faster to run all experts on all tokens with two batched matmuls and pick each
-token's top-k rows: ~2x faster for the bench model's MoE blocks at 16 rows. gpt-oss-20b never
+token's top-k rows. gpt-oss-20b never
 takes this path (one token through all 32 experts is 0.8 G multiply-adds, over the limit). It is
 registered through transformers' experts interface and used only after a self-check against
 ``grouped_mm``. ``GPTOSS_CPU_DENSE_EXPERTS=false`` turns it off.
@@ -80,8 +80,8 @@ def prepack_lm_head(model: torch.nn.Module) -> bool:
 
 # --- dense experts for small MoE layers ----------------------------------------------------------
 DENSE_EXPERTS = "gptoss_cpu_dense"
-# Above this many multiply-adds for all experts on all tokens, grouped_mm wins (measured on a
-# 2-core Xeon: the bench MoE shape is 1.3x faster dense at 64 rows = 100 M, slower at 256 rows).
+# Above this many multiply-adds for all experts on all tokens, grouped_mm wins (where the two
+# cross over for the bench model's MoE shape on a CPU; bench/benchmark.py measures it served).
 DENSE_EXPERTS_MAX_MACS = 128 * 2**20
 
 

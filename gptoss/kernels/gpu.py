@@ -6,13 +6,13 @@ every layer launches ~15 routing ops. ``batched_mm`` gathers each pair's expert 
 two ``bmm``: few launches, but it copies 4 experts' weights per token (~200 MB per token per layer
 for gpt-oss-20b). On a GPU a decode step of a few rows is bound by how fast Python launches
 kernels, so ``batched_mm`` is faster there, and transformers' own ``generate`` switches to it for
-every decode step on GPU. From a few rows up the copies dominate: on an H200, ``generate`` at 32
-rows (batched_mm) made 317 tok/s where our engine (grouped_mm) made 759.
+every decode step on GPU. From a few rows up the copies dominate, and ``grouped_mm`` wins
+(docs/performance.md has the H200 figures).
 
 The engine's steps range from one row to a full batch plus prompt chunks, so this kernel decides
 per call: ``batched_mm`` up to ``GPTOSS_GPU_BATCHED_EXPERTS_TOKENS`` tokens, ``grouped_mm`` above.
 It is registered through transformers' public experts interface; CPU models keep their own path
-(cpu_kernels.py), and quantized (MXFP4) experts are not touched.
+(kernels/cpu.py), and quantized (MXFP4) experts are not touched.
 """
 
 from __future__ import annotations

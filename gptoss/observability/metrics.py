@@ -58,7 +58,7 @@ def exposition() -> tuple[bytes, str]:
 
 @dataclass
 class Metrics:
-    """The project's metric families (see the README's Metrics table)."""
+    """The project's metric families (deploy/README.md, Monitoring, lists them)."""
 
     prompt_tokens: Any
     generation_tokens: Any

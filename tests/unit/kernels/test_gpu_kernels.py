@@ -1,7 +1,7 @@
 """GPU step-sized experts: the right transformers kernel per step, switched on only off the CPU.
 
 The kernels themselves are transformers'; what is ours is the choice, which runs anywhere, so
-it is checked on CPU tensors (the H200 figures are in the README's Performance section).
+it is checked on CPU tensors (the H200 figures are in docs/performance.md).
 """
 
 from __future__ import annotations
