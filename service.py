@@ -19,8 +19,8 @@ from gptoss.api.app import app as openai_app
 from gptoss.api.app import finish_job, start_job
 from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
-from gptoss.api.protocol import ChatCompletionRequest, parse_request
-from gptoss.api.serving import Backend, ChatHandler
+from gptoss.api.chat.protocol import ChatCompletionRequest, parse_request
+from gptoss.api.chat.serving import Backend, ChatHandler
 from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
 from gptoss.engine.loader import build_engine, engine_config
 from gptoss.harmony.vocab import load_encoding, text_encoding
@@ -49,13 +49,12 @@ def hf_model_ref(settings: Settings) -> bentoml.models.HuggingFaceModel | None:
 
 
 def traffic_concurrency(settings: Settings) -> int:
-    """Requests one replica holds at once: engine slots + queue (GPU defaults: 128 + 256 = 384).
+    """What one replica decodes at once: the engine's running sequences (GPU default 128).
 
-    BentoCloud's autoscaler adds replicas beyond it; locally it limits nothing (the engine's
-    queue answers 429 when full).
+    BentoCloud's autoscaler targets it, so it adds replicas before requests start to queue;
+    locally it limits nothing (the engine's own queue answers 429 when full).
     """
-    config = engine_config(settings, "cuda")
-    return config.max_running + config.max_queued
+    return engine_config(settings, "cuda").max_running
 
 
 # Secure by default: without keys (and without GPTOSS_AUTH_DISABLED) `bentoml serve` exits at

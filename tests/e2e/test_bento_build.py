@@ -53,8 +53,8 @@ def test_bento_yaml(bento: Path):
     assert config["http"]["port"] == 8000
     # One GPU that fits gpt-oss-20b as the image runs it (bf16 experts) plus KV cache (README, Deploy).
     assert config["resources"] == {"gpu": 1, "gpu_type": "nvidia-a100-80gb"}
-    # What one replica's engine holds: GPU defaults max_running 128 + max_queued 256.
-    assert config["traffic"]["concurrency"] == 384
+    # What one replica decodes at once (GPU default max_running 128): the autoscaler's target.
+    assert config["traffic"]["concurrency"] == 128
     # GPTOSS_MODEL=tiny: nothing to pin, so the build needed no network.
     assert spec["models"] == [] and spec["services"][0]["models"] == []
 
