@@ -17,10 +17,10 @@ import bentoml
 
 from gptoss.api.app import app as openai_app
 from gptoss.api.app import finish_job, start_job
-from gptoss.api.errors import api_error_from
-from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.api.chat.protocol import ChatCompletionRequest, parse_request
 from gptoss.api.chat.serving import Backend, ChatHandler
+from gptoss.api.errors import api_error_from
+from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
 from gptoss.engine.loader import build_engine, engine_config
 from gptoss.harmony.vocab import load_encoding, text_encoding

@@ -17,8 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gptoss.api.errors import api_error_from
-from gptoss.api.protocol import (
+from gptoss.api.chat.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
@@ -28,7 +27,8 @@ from gptoss.api.protocol import (
     ModelList,
     validation_error_to_api_error,
 )
-from gptoss.api.serving import Backend, ChatHandler, CompletionHandler, check_model
+from gptoss.api.chat.serving import Backend, ChatHandler, CompletionHandler, check_model
+from gptoss.api.errors import api_error_from
 from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
 from gptoss.errors import APIError

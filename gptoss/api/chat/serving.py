@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gptoss.api.errors import api_error_from
-from gptoss.api.protocol import (
+from gptoss.api.chat.protocol import (
     SSE_DONE,
     ChatCompletion,
     ChatCompletionChunk,
@@ -27,6 +26,7 @@ from gptoss.api.protocol import (
     CompletionRequest,
     to_sampling_params,
 )
+from gptoss.api.errors import api_error_from
 from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
 from gptoss.errors import APIError, bad_request
 from gptoss.harmony.mapping import (

@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletion as SDKChatCompletion
 from openai.types.chat import ChatCompletionChunk as SDKChatCompletionChunk
 from pydantic import ValidationError
 
-import gptoss.api.protocol as P
+import gptoss.api.chat.protocol as P
 from gptoss.engine.types import SamplingParams
 from gptoss.errors import APIError
 from tests import openai_schema as S

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gptoss.api.app import create_app
-from gptoss.api.serving import Backend
+from gptoss.api.chat.serving import Backend
 from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
 from gptoss.harmony.vocab import load_encoding
 from gptoss.settings import Settings
@@ -253,8 +253,8 @@ class Budget:
 
 
 async def test_default_max_tokens_shrinks_to_the_key_budget_and_the_rest_is_given_back(client_for):
-    from gptoss.api.protocol import ChatCompletionRequest
-    from gptoss.api.serving import ChatHandler
+    from gptoss.api.chat.protocol import ChatCompletionRequest
+    from gptoss.api.chat.serving import ChatHandler
 
     _, engine = client_for(REASON_THEN_ANSWER)
     handler = ChatHandler(engine.app.state.backend)
