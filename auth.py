@@ -6,7 +6,7 @@
 The code lives in ``gptoss/auth/``; this file is the design card's entry point.
 """
 
-from gptoss.auth.keys import AuthMiddleware, main
+from gptoss.auth import AuthMiddleware, main
 
 __all__ = ["AuthMiddleware", "main"]
 

@@ -21,7 +21,7 @@ from gptoss.api.chat.protocol import ChatCompletionRequest, parse_request
 from gptoss.api.chat.serving import Backend, ChatHandler
 from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
-from gptoss.auth.keys import AuthMiddleware, install_sighup_handler, validate_auth_config
+from gptoss.auth import AuthMiddleware, install_sighup_handler, validate_auth_config
 from gptoss.engine.loader import build_engine, engine_config
 from gptoss.harmony.vocab import load_encoding, text_encoding
 from gptoss.observability.access_log import AccessLogMiddleware

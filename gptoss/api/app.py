@@ -29,7 +29,7 @@ from gptoss.api.chat.protocol import (
 )
 from gptoss.api.chat.serving import Backend, ChatHandler, CompletionHandler, check_model
 from gptoss.api.errors import api_error_from
-from gptoss.auth.keys import check_model_access, get_principal, reserve_tokens
+from gptoss.auth import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
 from gptoss.errors import APIError
 from gptoss.observability.access_log import note, note_prompt

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-import gptoss.auth.keys as auth
-from gptoss.auth.keys import (
+import gptoss.auth as auth
+from gptoss.auth import (
     AuthMiddleware,
     KeysFileError,
     KeyStore,
@@ -34,6 +34,7 @@ from gptoss.auth.keys import (
     charge_tokens,
     check_model_access,
 )
+from gptoss.auth.keyfile import RateLimited
 from gptoss.errors import APIError
 from gptoss.settings import Settings
 from tests.conftest import REPO
@@ -593,7 +594,7 @@ def test_limiter_memory_is_bounded() -> None:
         try:
             lim.acquire(p)
             lim.release(p)
-        except auth.RateLimited:
+        except RateLimited:
             pass
         charge_tokens(p, 3)
         clock.advance(0.25)
@@ -716,7 +717,7 @@ def test_no_keys_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         auth.validate_auth_config(make_settings(keys_file=empty))
     app = Echo()
     m = AuthMiddleware(app, settings=make_settings())  # never raises: BentoML builds it in lifespan
-    caplog.set_level(logging.ERROR, logger="gptoss.auth.keys")
+    caplog.set_level(logging.ERROR, logger="gptoss.auth")
     for path in ("/v1/models", "/health"):  # fail closed, even the probes
         r = call(m, path)
         assert r.status == 503 and r.json()["error"]["code"] == "auth_not_configured"
@@ -730,7 +731,7 @@ def test_no_keys_configured(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
 
 
 def test_validate_auth_config_and_global_store(store_file: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gptoss.auth.keys")
+    caplog.set_level(logging.INFO, logger="gptoss.auth")
     settings = make_settings(keys_file=store_file)
     store = auth.validate_auth_config(settings)
     assert store is not None and store is auth.get_key_store(settings)
@@ -751,7 +752,7 @@ def test_validate_auth_config_and_global_store(store_file: Path, caplog: pytest.
 
 
 def test_auth_disabled(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gptoss.auth.keys")
+    caplog.set_level(logging.INFO, logger="gptoss.auth")
     settings = make_settings(auth_disabled=True)
     assert auth.validate_auth_config(settings) is None
     assert any(r.levelno == logging.WARNING and "DISABLED" in r.getMessage() for r in caplog.records)
@@ -847,7 +848,7 @@ def test_sighup_reloads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
 
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(auth.install_sighup_handler(store)))
-    caplog.set_level(logging.WARNING, logger="gptoss.auth.keys")
+    caplog.set_level(logging.WARNING, logger="gptoss.auth")
     t.start()
     t.join()
     assert result == [False]
@@ -1072,7 +1073,7 @@ def test_cli_new_key_refuses_a_key_as_name(capsys: pytest.CaptureFixture[str]) -
 def test_warns_once_per_load_when_keys_file_is_not_private(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gptoss.auth.keys")
+    caplog.set_level(logging.WARNING, logger="gptoss.auth")
     f = write_keys(tmp_path / "k.yaml", [{"name": "a", "key": K_ALL}])
 
     def warnings() -> list[str]:
