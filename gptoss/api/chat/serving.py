@@ -29,7 +29,7 @@ from gptoss.api.chat.protocol import (
 from gptoss.api.errors import api_error_from
 from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
 from gptoss.errors import APIError, bad_request
-from gptoss.harmony.mapping import (
+from gptoss.harmony.parse import (
     ChatStreamParser,
     IncrementalDecoder,
     StopMatcher,

@@ -16,7 +16,7 @@ from openai_harmony import (
 )
 
 from gptoss.errors import APIError
-from gptoss.harmony.mapping import (
+from gptoss.harmony.parse import (
     MAX_HEADER_TOKENS,
     ChatStreamParser,
     Delta,
@@ -33,7 +33,7 @@ from gptoss.harmony.mapping import (
 )
 from gptoss.harmony.vocab import load_encoding
 
-LOGGER = "gptoss.harmony.mapping"
+LOGGER = "gptoss.harmony.parse"
 TODAY = "2025-08-05"
 SYSTEM = (
     "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
