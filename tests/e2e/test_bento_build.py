@@ -72,7 +72,7 @@ def test_bento_files(bento: Path):
     names = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
     for required in (
         "service.py", "openai_compat.py", "auth.py", "requirements.txt", "gptoss/__init__.py",
-        "gptoss/engine/core.py", "gptoss/harmony/mapping.py", "gptoss/api/app.py", "gptoss/auth/keyfile.py",
+        "gptoss/engine/core.py", "gptoss/harmony/parse.py", "gptoss/api/app.py", "gptoss/auth/keyfile.py",
         "gptoss/observability/metrics.py", "gptoss/kernels/attention.py",
     ):
         assert required in names
