@@ -52,7 +52,6 @@ __all__ = [
     "Principal",
     "RateLimiter",
     "Reservation",
-    "charge_tokens",
     "check_model_access",
     "get_key_store",
     "get_principal",
@@ -118,7 +117,7 @@ class Limits:
     """Per-key limits; ``None`` = unlimited."""
 
     rpm: int | None = None  # requests per rolling 60 s
-    tpm: int | None = None  # tokens per rolling 60 s (reserve_tokens at admission, or charge_tokens)
+    tpm: int | None = None  # tokens per rolling 60 s (reserved at admission: reserve_tokens)
     concurrency: int | None = None  # requests in flight at once
 
     @property
@@ -134,7 +133,7 @@ class Principal:
     permissions: frozenset[str] = frozenset({"all"})
     models: frozenset[str] | None = None  # None = every model
     limits: Limits = Limits()
-    # The limiter of the store that issued this principal, so charge_tokens needs no globals.
+    # The limiter of the store that issued this principal, so reserve_tokens needs no globals.
     _limiter: RateLimiter | None = field(default=None, repr=False, compare=False, hash=False)
 
     def has_permission(self, permission: str) -> bool:
@@ -182,20 +181,6 @@ def check_model_access(principal: Principal | None, model: str) -> None:
         param="model",
         code="model_not_allowed",
     )
-
-
-def charge_tokens(principal: Any, n: int) -> None:
-    """Count ``n`` tokens against the key's tokens-per-minute limit (call after a response).
-
-    Accepts a Principal (or a scope / request.state holding one); does nothing for ``None``.
-    Charging after the fact lets concurrent requests all pass the tpm check; prefer
-    :func:`reserve_tokens` at admission and :meth:`Reservation.settle` at the end (never both
-    for one request, or its tokens count twice).
-    """
-    p = get_principal(principal)
-    if p is None or p._limiter is None or n <= 0:
-        return
-    p._limiter.charge(p, int(n))
 
 
 def reserve_tokens(principal: Any, n: int) -> Reservation:
@@ -381,16 +366,6 @@ class RateLimiter:
             if st is not None and st.in_flight > 0:
                 st.in_flight -= 1
 
-    def charge(self, principal: Principal, n: int, now: float | None = None) -> None:
-        """Record ``n`` tokens for the key's tpm window (no-op for keys without a tpm limit)."""
-        if principal.limits.tpm is None or n <= 0:
-            return
-        now = self.clock() if now is None else now
-        with self._lock:
-            st = self._states.setdefault(principal.name, _KeyState())
-            self._prune(st, now)
-            self._add_tokens(st, n, now)
-
     def reserve(self, principal: Principal, n: int, now: float | None = None) -> Reservation:
         """Put ``n`` tokens into the key's tpm window now, or raise RateLimited if they do not fit.
 
@@ -447,11 +422,6 @@ class RateLimiter:
             if refund and bucket is not None and any(b is bucket for b in st.tokens):
                 bucket[1] -= refund
                 st.token_sum -= refund
-
-    def in_flight(self, name: str) -> int:
-        with self._lock:
-            st = self._states.get(name)
-            return st.in_flight if st else 0
 
     def retain(self, names: Iterable[str]) -> None:
         """Forget state of keys that no longer exist (unless requests of theirs are in flight)."""
@@ -678,7 +648,11 @@ _Located = tuple[str, bytes, Principal]
 
 
 def _parse_located(data: Any, limiter: RateLimiter | None) -> list[_Located]:
-    """Entries from a parsed keys document, each with its position for error messages."""
+    """Entries from a parsed keys document: ``{keys: [...]}``, a bare list, or the seed dict format.
+
+    Errors name an entry by its position, counted from 0 (``keys[3]``, or ``entry[3]`` in the
+    seed format), and by its name once that is known to be valid; never by its key.
+    """
     if data is None:
         return []
     out: list[_Located] = []
@@ -705,16 +679,8 @@ def _parse_located(data: Any, limiter: RateLimiter | None) -> list[_Located]:
     return out
 
 
-def parse_keys_data(data: Any, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """Entries from a parsed keys document: ``{keys: [...]}``, a bare list, or the seed dict format.
-
-    Errors name an entry by its position, counted from 0 (``keys[3]``, or ``entry[3]`` in the
-    seed format), and by its name once that is known to be valid; never by its key.
-    """
-    return [(d, p) for _, d, p in _parse_located(data, limiter)]
-
-
 def _parse_env_located(value: str, limiter: RateLimiter | None) -> list[_Located]:
+    """``GPTOSS_API_KEYS``: comma-separated raw keys, named env-key-1..N, permission ``all``."""
     out: list[_Located] = []
     items = [v.strip() for v in value.split(",") if v.strip()]
     for i, raw in enumerate(items, 1):
@@ -722,11 +688,6 @@ def _parse_env_located(value: str, limiter: RateLimiter | None) -> list[_Located
         name = f"env-key-{i}"
         out.append((f"GPTOSS_API_KEYS item #{i} ({name})", digest, Principal(name=name, _limiter=limiter)))
     return out
-
-
-def parse_env_keys(value: str, limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """``GPTOSS_API_KEYS``: comma-separated raw keys, named env-key-1..N, permission ``all``."""
-    return [(d, p) for _, d, p in _parse_env_located(value, limiter)]
 
 
 def _index(entries: Iterable[_Located]) -> dict[bytes, Principal]:
@@ -755,6 +716,7 @@ def _open_mode(path: Path) -> int | None:
 
 
 def _load_located(path: str | os.PathLike[str], limiter: RateLimiter | None) -> list[_Located]:
+    """Read and validate one keys file; raises KeysFileError (message safe to log)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -764,11 +726,6 @@ def _load_located(path: str | os.PathLike[str], limiter: RateLimiter | None) -> 
     entries = _parse_located(_parse_text(text), limiter)
     _index(entries)  # duplicate check within the file
     return entries
-
-
-def load_keys_file(path: str | os.PathLike[str], limiter: RateLimiter | None = None) -> list[tuple[bytes, Principal]]:
-    """Read and validate one keys file; raises KeysFileError (message safe to log)."""
-    return [(d, p) for _, d, p in _load_located(path, limiter)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,10 +800,6 @@ class KeyStore:
     @property
     def names(self) -> list[str]:
         return sorted(p.name for _, p in self._table.values())
-
-    @property
-    def principals(self) -> list[Principal]:
-        return sorted((p for _, p in self._table.values()), key=lambda p: p.name)
 
     def authenticate(self, key: str) -> Principal | None:
         """The Principal for ``key``, or None. Lookup by sha256, then a constant-time compare."""
@@ -1138,11 +1091,6 @@ class AuthMiddleware:
         self._setup()
         assert self._settings is not None
         return self._settings
-
-    @property
-    def store(self) -> KeyStore | None:
-        self._setup()
-        return self._store
 
     @property
     def disabled(self) -> bool:
