@@ -33,7 +33,7 @@ from gptoss.auth import (
     Principal,
     check_model_access,
 )
-from gptoss.auth.keyfile import RateLimited
+from gptoss.auth.limits import RateLimited
 from gptoss.errors import APIError
 from gptoss.settings import Settings
 from tests.conftest import REPO
