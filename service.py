@@ -17,8 +17,10 @@ import bentoml
 
 from gptoss.api.app import app as openai_app
 from gptoss.api.app import finish_job, start_job
-from gptoss.api.chat.protocol import ChatCompletionRequest, parse_request
-from gptoss.api.chat.serving import Backend, ChatHandler
+from gptoss.api.chat.protocol import ChatCompletionRequest
+from gptoss.api.chat.serving import ChatHandler
+from gptoss.api.common.protocol import parse_request
+from gptoss.api.common.serving import Backend
 from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.auth import AuthMiddleware, install_sighup_handler, validate_auth_config

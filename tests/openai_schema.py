@@ -54,7 +54,7 @@ RESPONSE_SCHEMAS = frozenset({CHAT_COMPLETION, CHAT_COMPLETION_CHUNK, COMPLETION
 
 _REASONING = frozenset({"reasoning_content", "reasoning"})
 _MODEL_EXTRAS = frozenset({"max_model_len", "random_weights"})
-# Our extension fields (see protocol.py), by component: path to the object ("*" = every item
+# Our extension fields (see gptoss/api/*/protocol.py), by component: path to the object ("*" = every item
 # of a list) -> the keys stripped there before validating.
 EXTENSIONS: dict[str, dict[tuple[str, ...], frozenset[str]]] = {
     CHAT_COMPLETION: {("choices", "*", "message"): _REASONING},

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API (FastAPI): thin routes over serving.py.
+"""The OpenAI-compatible HTTP API (FastAPI): thin routes over each endpoint's serving module.
 
 :func:`create_app` builds the app; service.py mounts one at the server root (so the API lives
 at ``/v1/...``, the health check at ``/health``, the docs at ``/docs`` and ``/redoc``) and hands
@@ -17,17 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gptoss.api.chat.protocol import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    ErrorResponse,
-    ModelCard,
-    ModelList,
-    validation_error_to_api_error,
-)
-from gptoss.api.chat.serving import Backend, ChatHandler, CompletionHandler, check_model
+from gptoss.api.chat.protocol import ChatCompletion, ChatCompletionRequest
+from gptoss.api.chat.serving import ChatHandler
+from gptoss.api.common.protocol import ErrorResponse, ModelCard, ModelList, validation_error_to_api_error
+from gptoss.api.common.serving import Backend, check_model
+from gptoss.api.completions.protocol import Completion, CompletionRequest
+from gptoss.api.completions.serving import CompletionHandler
 from gptoss.api.errors import api_error_from
 from gptoss.auth import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
@@ -81,7 +76,7 @@ def _authorize_model(request: Request, model: str) -> None:
 
 
 class KeyBudget:
-    """The calling key's tpm budget (serving.Admission): held at admission, settled at the end."""
+    """The calling key's tpm budget (common.serving.Admission): held at admission, settled at the end."""
 
     def __init__(self, request: Request) -> None:
         self.principal = get_principal(request)

@@ -1,4 +1,4 @@
-"""Request handling between the thin routes and the engine: one code path for stream and not.
+"""Chat requests between the thin routes and the engine: one code path for stream and not.
 
 A chat request is rendered to Harmony tokens, submitted as ``n`` engine requests, and each
 choice's token events go through the same :class:`ChoiceRun` (Harmony parser, stop strings,
@@ -9,119 +9,33 @@ drains exactly the same pieces into one response, so both give the same answer.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from gptoss.api.chat.protocol import (
-    SSE_DONE,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    to_sampling_params,
+from gptoss.api.chat.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from gptoss.api.common.protocol import SSE_DONE, to_sampling_params
+from gptoss.api.common.serving import (
+    _LARGE_INPUTS,
+    LARGE_INPUT_CHARS,
+    UNLIMITED,
+    Admission,
+    Backend,
+    TokenClock,
+    TokenObserver,
+    _Job,
+    _merge,
+    _NoHold,
+    event_batches,
+    resolve_max_tokens,
+    sse_error,
 )
-from gptoss.api.errors import api_error_from
-from gptoss.engine.types import EngineProtocol, GenerationRequest, RequestStream, TokenEvent
-from gptoss.errors import APIError, bad_request
-from gptoss.harmony.parse import (
-    ChatStreamParser,
-    IncrementalDecoder,
-    StopMatcher,
-    render_chat,
-    token_bytes,
-    token_text,
-)
-from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
-from gptoss.settings import Settings
-
-logger = logging.getLogger(__name__)
-
-
-class TokenObserver(Protocol):
-    """Receives token timings (the metrics); serving behaves the same without one."""
-
-    def first_token(self, seconds: float) -> None: ...
-
-    def inter_token(self, seconds: float) -> None: ...
-
-
-class TokenClock:
-    """Times one choice's tokens for an optional observer: TTFT from submission, then the gaps.
-
-    Timestamps are taken when the route receives each token event, i.e. what a client sees.
-    """
-
-    __slots__ = ("observer", "started_at", "last_at")
-
-    def __init__(self, observer: TokenObserver | None) -> None:
-        self.observer = observer
-        self.started_at = time.monotonic()
-        self.last_at: float | None = None
-
-    def tick(self) -> None:
-        if self.observer is None:
-            return
-        now = time.monotonic()
-        if self.last_at is None:
-            self.observer.first_token(now - self.started_at)
-        else:
-            self.observer.inter_token(now - self.last_at)
-        self.last_at = now
-
-
-class Admission(Protocol):
-    """The caller's token budget (its key's tpm), held for a request from admission to its end."""
-
-    def limit(self) -> int | None:
-        """The most tokens one request may use (None: no limit)."""
-
-    def reserve(self, tokens: int) -> Any:
-        """Hold ``tokens``; the returned hold's ``settle(used)`` gives back the rest. Raises a 429 APIError."""
-
-
-class _Unlimited:
-    def limit(self) -> int | None:
-        return None
-
-    def reserve(self, tokens: int) -> Any:
-        return _NoHold()
-
-
-class _NoHold:
-    def settle(self, used_tokens: int) -> None:
-        pass
-
-
-UNLIMITED: Admission = _Unlimited()
-
-
-@dataclass
-class Backend:
-    """What the routes need at run time; attached to the FastAPI app by the service."""
-
-    engine: EngineProtocol
-    encoding: Any  # openai_harmony.HarmonyEncoding
-    settings: Settings
-    random_weights: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
-    observer: TokenObserver | None = None  # token timings for the metrics
-
-
-# --------------------------------------------------------------------------------------------------
-# shared helpers
-
-
-#: Conversations with at least this many characters are counted before they are rendered.
-LARGE_INPUT_CHARS = 64 * 1024
-#: Large inputs are tokenised one at a time: the others wait, and a core stays free for the
-#: event loop and the engine (bounded work per request).
-_LARGE_INPUTS = asyncio.Semaphore(1)
+from gptoss.engine.types import GenerationRequest, RequestStream, TokenEvent
+from gptoss.errors import APIError
+from gptoss.harmony.parse import ChatStreamParser, StopMatcher, render_chat, token_bytes, token_text
+from gptoss.harmony.vocab import text_encoding
 
 
 def _strings(value: Any) -> list[str]:
@@ -135,45 +49,6 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def sse_error(exc: BaseException) -> str:
-    """An error that happens after a stream's headers went out, as an SSE event in OpenAI's shape."""
-    return f"data: {json.dumps(api_error_from(exc).body())}\n\n"
-
-
-def check_model(backend: Backend, model: str | None) -> None:
-    if model != backend.settings.served_model_name:
-        raise APIError(
-            404,
-            f"The model '{model}' does not exist. This server serves '{backend.settings.served_model_name}'.",
-            param="model",
-            code="model_not_found",
-        )
-
-
-def resolve_max_tokens(backend: Backend, prompt_len: int, requested: int | None) -> int:
-    """Tokens the completion may use: the request's (checked) or the default, within the context."""
-    ctx = backend.engine.max_context
-    if prompt_len >= ctx:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {ctx} tokens. However, your prompt is {prompt_len} tokens.",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    room = ctx - prompt_len
-    if requested is not None:
-        if requested > room:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {ctx} tokens. However, you requested "
-                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the completion).",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        return requested
-    return min(backend.settings.default_max_tokens, room)
-
-
 def _logprob_entry(token_id: int, logprob: float, top: Sequence[tuple[int, float]] | None) -> dict[str, Any]:
     return {
         "token": token_text(token_id),
@@ -183,55 +58,6 @@ def _logprob_entry(token_id: int, logprob: float, top: Sequence[tuple[int, float
             {"token": token_text(t), "logprob": lp, "bytes": list(token_bytes(t))} for t, lp in (top or ())
         ],
     }
-
-
-async def event_batches(stream: RequestStream) -> AsyncIterator[list[TokenEvent]]:
-    """The stream's events, grouped: each wait returns every event already delivered.
-
-    A consumer that keeps up gets one token per group (one chunk per token, as OpenAI streams);
-    one that fell behind under load folds the backlog into one chunk instead of paying the
-    per-chunk cost (JSON, SSE, ASGI send) for every token.
-    """
-    async for ev in stream:
-        yield [ev, *stream.ready_events()]
-
-
-async def _merge(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
-    """Interleave several async iterators as items arrive (n > 1 choices)."""
-    if len(gens) == 1:
-        async for item in gens[0]:
-            yield item
-        return
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    done = object()
-
-    async def pump(gen: AsyncIterator[Any]) -> None:
-        try:
-            async for item in gen:
-                await queue.put(item)
-        except BaseException as exc:  # re-raised in the consumer
-            await queue.put(exc)
-        finally:
-            await queue.put(done)
-
-    tasks = [asyncio.create_task(pump(g)) for g in gens]
-    remaining = len(tasks)
-    try:
-        while remaining:
-            item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-# --------------------------------------------------------------------------------------------------
-# chat
 
 
 @dataclass
@@ -436,30 +262,6 @@ class ChatHandler:
         return ChatJob(req, runs, len(prompt), b.settings.served_model_name, hold)
 
 
-class _Job:
-    """What chat and completion jobs share: their choices' streams and token counts."""
-
-    runs: Sequence[Any]
-    prompt_tokens: int
-    hold: Any  # the caller's token reservation (Admission.reserve)
-
-    def cancel(self) -> None:
-        for r in self.runs:
-            r.stream.cancel()
-
-    def settle(self) -> None:
-        """Give back the tokens held for this request that it did not use."""
-        self.hold.settle(self.token_usage()["total_tokens"])
-
-    def token_usage(self) -> dict[str, Any]:
-        completion = sum(r.completion_tokens for r in self.runs)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
-
-
 @dataclass
 class ChatJob(_Job):
     request: ChatCompletionRequest
@@ -554,185 +356,6 @@ class ChatJob(_Job):
                 yield chunk([{"index": r.index, "delta": {}, "finish_reason": r.finish_reason or "stop"}])
             if include_usage:
                 yield chunk([], self.usage())
-        except Exception as exc:  # headers are sent: the error goes in the stream, then [DONE]
-            yield sse_error(exc)
-        finally:
-            self.cancel()
-        yield SSE_DONE
-
-
-# --------------------------------------------------------------------------------------------------
-# legacy completions
-
-
-class CompletionRun:
-    """One choice of a raw-text completion: incremental detokenization and stop strings."""
-
-    def __init__(
-        self,
-        index: int,
-        stream: RequestStream,
-        encoding: Any,
-        stops: list[str],
-        logprobs: int | None,
-        observer: TokenObserver | None = None,
-    ) -> None:
-        self.index = index
-        self.stream = stream
-        self.clock = TokenClock(observer)
-        self.decoder = IncrementalDecoder(encoding)
-        self.stop = StopMatcher(stops)
-        self.logprobs = logprobs
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self.text_offset = 0
-
-    async def pieces(self) -> AsyncIterator[tuple[int, str, dict[str, Any] | None, str | None]]:
-        """Yields (index, text, legacy logprobs for this piece, finish_reason)."""
-        try:
-            async for events in event_batches(self.stream):
-                lp: dict[str, list[Any]] | None = None
-                text = ""
-                finish: str | None = None
-                for ev in events:
-                    if ev.token_id >= 0:
-                        self.clock.tick()
-                        self.completion_tokens += 1
-                        piece = self.decoder.push(ev.token_id)
-                        if self.logprobs is not None and ev.logprob is not None:
-                            lp = lp or {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                            lp["tokens"].append(token_text(ev.token_id))
-                            lp["token_logprobs"].append(ev.logprob)
-                            lp["top_logprobs"].append({token_text(t): v for t, v in (ev.top_logprobs or ())})
-                            lp["text_offset"].append(self.text_offset + len(text))
-                        text += piece
-                    if ev.finish_reason is not None:
-                        finish = ev.finish_reason
-                        text += self.decoder.flush()
-                out, hit = self.stop.push(text)
-                if hit:
-                    self.stream.cancel()
-                    self.finish_reason = "stop"
-                    yield self.index, out, lp, "stop"
-                    return
-                if finish is not None:
-                    if finish == "abort":
-                        raise APIError(503, "The request was aborted (timeout or shutdown).", code="request_aborted")
-                    out += self.stop.flush()
-                    self.finish_reason = finish
-                self.text_offset += len(out)
-                if out or lp or finish:
-                    yield self.index, out, lp, self.finish_reason
-        finally:
-            self.stream.cancel()
-
-
-class CompletionHandler:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        # Raw text ends where the model would end a message or the document.
-        self._stop_tokens = (*backend.encoding.stop_tokens(), ENDOFTEXT_TOKEN)
-
-    def _prompts(self, req: CompletionRequest) -> list[list[int]]:
-        """Token ids of each prompt (text is encoded as raw text, special tokens allowed)."""
-        enc = text_encoding()  # the same ids as the Harmony encoder, without holding the GIL
-        out = [
-            enc.encode(item, allowed_special="all") if isinstance(item, str) else list(item) for item in req.prompts()
-        ]
-        if any(not ids for ids in out):
-            raise bad_request("prompt must not be empty", param="prompt")
-        return out
-
-    async def start(
-        self, req: CompletionRequest, key_name: str | None = None, admission: Admission = UNLIMITED
-    ) -> CompletionJob:
-        b = self.backend  # the route has checked the model (before the key's model access)
-        if sum(len(p) for p in req.prompts() if isinstance(p, str)) >= LARGE_INPUT_CHARS:
-            async with _LARGE_INPUTS:
-                prompts = await asyncio.to_thread(self._prompts, req)
-        else:
-            prompts = await asyncio.to_thread(self._prompts, req)  # tokenising: off the loop
-        runs: list[CompletionRun] = []
-        echoes: list[str] = []
-        budgets = [resolve_max_tokens(b, len(prompt), req.max_tokens) for prompt in prompts]
-        prompt_tokens = sum(len(prompt) for prompt in prompts)
-        hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
-        try:
-            for prompt, max_tokens in zip(prompts, budgets):
-                for j in range(req.n or 1):
-                    params = to_sampling_params(
-                        req, max_tokens=max_tokens, stop_token_ids=self._stop_tokens, seed_offset=j
-                    )
-                    stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
-                    runs.append(
-                        CompletionRun(len(runs), stream, b.encoding, req.stop_sequences(), req.logprobs, b.observer)
-                    )
-                    echoes.append(b.encoding.decode(prompt) if req.echo else "")
-        except BaseException:
-            for r in runs:
-                r.stream.cancel()
-            hold.settle(0)
-            raise
-        return CompletionJob(req, runs, echoes, prompt_tokens, b.settings.served_model_name, hold)
-
-
-@dataclass
-class CompletionJob(_Job):
-    request: CompletionRequest
-    runs: list[CompletionRun]
-    echoes: list[str]
-    prompt_tokens: int
-    model: str
-    hold: Any = field(default_factory=_NoHold)
-    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def usage(self) -> dict[str, Any]:
-        return self.token_usage()
-
-    def _envelope(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage,
-        }
-
-    async def response(self) -> Completion:
-        texts = {r.index: self.echoes[r.index] for r in self.runs}
-        lps: dict[int, dict[str, list[Any]]] = {
-            r.index: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for r in self.runs
-        }
-        async for index, text, lp, _ in _merge([r.pieces() for r in self.runs]):
-            texts[index] += text
-            if lp:
-                for k, v in lp.items():
-                    lps[index][k].extend(v)
-        choices = [
-            {
-                "index": r.index,
-                "text": texts[r.index],
-                "logprobs": lps[r.index] if self.request.logprobs is not None else None,
-                "finish_reason": r.finish_reason or "stop",
-            }
-            for r in self.runs
-        ]
-        return Completion.model_validate(self._envelope(choices, self.usage()))
-
-    async def sse(self) -> AsyncIterator[str]:
-        include_usage = bool(self.request.stream_options and self.request.stream_options.include_usage)
-        try:
-            for r in self.runs:
-                if self.echoes[r.index]:
-                    c = {"index": r.index, "text": self.echoes[r.index], "logprobs": None, "finish_reason": None}
-                    yield Completion.model_validate(self._envelope([c], None)).to_sse()
-            async for index, text, lp, finish in _merge([r.pieces() for r in self.runs]):
-                c = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
-                yield Completion.model_validate(self._envelope([c], None)).to_sse()
-            if include_usage:
-                yield Completion.model_validate(self._envelope([], self.usage())).to_sse()
         except Exception as exc:  # headers are sent: the error goes in the stream, then [DONE]
             yield sse_error(exc)
         finally:

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gptoss.api.app import create_app
-from gptoss.api.chat.serving import Backend
+from gptoss.api.common.serving import Backend
 from gptoss.engine.types import GenerationRequest, SequenceFailed, TokenEvent
 from gptoss.harmony.vocab import load_encoding
 from gptoss.settings import Settings

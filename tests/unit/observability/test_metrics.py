@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gptoss.api.chat.serving import TokenClock
+from gptoss.api.common.serving import TokenClock
 from gptoss.observability.metrics import EngineGauges, Metrics, TokenTimings, endpoint_label, record_request
 from tests.conftest import ADMIN_KEY, CHAT_KEY, RemoteServer
 
