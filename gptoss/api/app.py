@@ -27,6 +27,7 @@ from gptoss.api.errors import api_error_from
 from gptoss.auth import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
 from gptoss.errors import APIError
+from gptoss.harmony import HarmonyInputError
 from gptoss.observability.access_log import note, note_prompt
 from gptoss.observability.metrics import exposition
 
@@ -56,6 +57,7 @@ def create_app(backend: Backend | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(HarmonyInputError, _harmony_error)
     app.add_exception_handler(Exception, _unexpected)
     return app
 
@@ -116,6 +118,10 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+    return _json_error(api_error_from(exc))
+
+
+async def _harmony_error(_: Request, exc: HarmonyInputError) -> JSONResponse:
     return _json_error(api_error_from(exc))
 
 

@@ -11,7 +11,8 @@ from gptoss.engine.types import (
     EngineShuttingDown,
     SequenceFailed,
 )
-from gptoss.errors import APIError
+from gptoss.errors import APIError, bad_request
+from gptoss.harmony import HarmonyInputError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def api_error_from(exc: BaseException) -> APIError:
     """
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, HarmonyInputError):  # the request cannot be put into gpt-oss's chat format
+        return bad_request(exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, EngineOverloaded):
         return APIError(429, f"Server is busy: {exc}. Retry shortly.", code="server_overloaded",
                         headers={"Retry-After": "1"})

@@ -34,6 +34,7 @@ from gptoss.api.common.protocol import (
     _TopK,
     _TopP,
 )
+from gptoss.errors import bad_request
 
 ReasoningEffort = Literal["low", "medium", "high"]
 DEFAULT_REASONING_EFFORT: ReasoningEffort = "medium"
@@ -146,6 +147,29 @@ AssistantContentPart = Annotated[
 TextContent = _content(TextContentPart)  # system, developer and tool messages
 UserContent = _content(UserContentPart)
 AssistantContent = _content(AssistantContentPart)
+
+
+def content_text(content: str | list[Any] | None, *, param: str = "content") -> str | None:
+    """Message content as plain text: text parts joined by newlines (as vLLM does).
+
+    Raises a 400 naming ``param`` for image, audio and file parts: gpt-oss reads text only.
+    Refusal parts (assistant history) are kept as their text.
+    """
+    if content is None or isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for i, part in enumerate(content):
+        if isinstance(part, TextContentPart):
+            texts.append(part.text)
+        elif isinstance(part, RefusalContentPart):
+            texts.append(part.refusal)
+        else:
+            raise bad_request(
+                f"Content parts of type '{part.type}' are not supported: this model is text-only",
+                param=f"{param}[{i}]",
+                code="invalid_value",
+            )
+    return "\n".join(texts)
 
 
 class FunctionCall(BaseModel):

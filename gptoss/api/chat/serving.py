@@ -15,7 +15,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptoss.api.chat.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from gptoss.api.chat.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessageParam,
+    ToolMessage,
+    content_text,
+)
 from gptoss.api.common.protocol import SSE_DONE, to_sampling_params
 from gptoss.api.common.serving import (
     _LARGE_INPUTS,
@@ -34,7 +42,7 @@ from gptoss.api.common.serving import (
 )
 from gptoss.engine.types import GenerationRequest, RequestStream, TokenEvent
 from gptoss.errors import APIError
-from gptoss.harmony.parse import ChatStreamParser, StopMatcher, render_chat, token_bytes, token_text
+from gptoss.harmony import ChatStreamParser, RenderedPrompt, StopMatcher, Turn, render_chat, token_bytes, token_text
 from gptoss.harmony.vocab import text_encoding
 
 
@@ -177,6 +185,17 @@ class ChoiceRun:
         return entries
 
 
+def _turn(i: int, message: ChatMessageParam) -> Turn:
+    """A request message as Harmony takes it: content flattened to text (a non-text part is a 400)."""
+    text = content_text(message.content, param=f"messages[{i}].content") or ""
+    if isinstance(message, AssistantMessage):
+        reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
+        return Turn("assistant", text, reasoning=reasoning, tool_calls=message.tool_calls or ())
+    if isinstance(message, ToolMessage):
+        return Turn("tool", text, tool_call_id=message.tool_call_id)
+    return Turn(message.role, text)
+
+
 class ChatHandler:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -187,13 +206,12 @@ class ChatHandler:
         mode = self.backend.settings.reasoning_field
         return ("reasoning_content", "reasoning") if mode == "both" else (mode,)
 
-    def _render(self, req: ChatCompletionRequest) -> Any:
-        dumped = req.model_dump(exclude_none=True)
+    def _render(self, req: ChatCompletionRequest) -> RenderedPrompt:
         return render_chat(
-            dumped["messages"],
+            [_turn(i, m) for i, m in enumerate(req.messages)],
             encoding=self.backend.encoding,
-            tools=dumped.get("tools"),
-            tool_choice=dumped.get("tool_choice"),
+            tools=[t.function for t in req.tools or ()],
+            tool_choice=req.tool_choice,
             reasoning_effort=req.effective_reasoning_effort(),
         )
 

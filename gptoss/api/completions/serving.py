@@ -33,7 +33,7 @@ from gptoss.api.common.serving import (
 from gptoss.api.completions.protocol import Completion, CompletionRequest
 from gptoss.engine.types import GenerationRequest, RequestStream
 from gptoss.errors import APIError, bad_request
-from gptoss.harmony.parse import IncrementalDecoder, StopMatcher, token_text
+from gptoss.harmony import IncrementalDecoder, StopMatcher, token_text
 from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
 
 
@@ -44,7 +44,6 @@ class CompletionRun:
         self,
         index: int,
         stream: RequestStream,
-        encoding: Any,
         stops: list[str],
         logprobs: int | None,
         observer: TokenObserver | None = None,
@@ -52,7 +51,7 @@ class CompletionRun:
         self.index = index
         self.stream = stream
         self.clock = TokenClock(observer)
-        self.decoder = IncrementalDecoder(encoding)
+        self.decoder = IncrementalDecoder()
         self.stop = StopMatcher(stops)
         self.logprobs = logprobs
         self.completion_tokens = 0
@@ -137,7 +136,7 @@ class CompletionHandler:
                     )
                     stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
                     runs.append(
-                        CompletionRun(len(runs), stream, b.encoding, req.stop_sequences(), req.logprobs, b.observer)
+                        CompletionRun(len(runs), stream, req.stop_sequences(), req.logprobs, b.observer)
                     )
                     echoes.append(b.encoding.decode(prompt) if req.echo else "")
         except BaseException:
