@@ -81,3 +81,8 @@ def test_the_detector_sees_a_forbidden_import(tmp_path: Path):
     bad = tmp_path / "m.py"
     bad.write_text("from gptoss.api.app import create_app\nimport gptoss.harmony.vocab\n")
     assert _imports(bad) == {"gptoss.api.app", "gptoss.harmony.vocab"}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_modules_stay_small(path: Path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it along a seam"
