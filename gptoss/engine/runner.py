@@ -494,8 +494,8 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
     # Only once every row has its token: a failed call leaves no state changed, so the engine
     # can sample the rows again one by one to find the one at fault.
     for st, s in zip(states, out):
-        st.observe(s.token)  # type: ignore[union-attr]
-    return out  # type: ignore[return-value]
+        st.observe(s.token)
+    return out
 
 
 def _is_plain(st: SamplerState) -> bool:

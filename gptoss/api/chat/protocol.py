@@ -458,7 +458,7 @@ class TopLogprob(BaseModel):
     @field_validator("logprob")
     @classmethod
     def _finite_logprob(cls, value: float) -> float:
-        return _clamp_logprob(value)  # type: ignore[return-value]
+        return _clamp_logprob(value)
 
 
 class TokenLogprob(BaseModel):
@@ -470,7 +470,7 @@ class TokenLogprob(BaseModel):
     @field_validator("logprob")
     @classmethod
     def _finite_logprob(cls, value: float) -> float:
-        return _clamp_logprob(value)  # type: ignore[return-value]
+        return _clamp_logprob(value)
 
 
 class ChoiceLogprobs(BaseModel):

@@ -152,8 +152,8 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(p, str):
             return [p]
         if all(isinstance(t, int) for t in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+            return [list(p)]
+        return list(p)
 
     def stop_sequences(self) -> list[str]:
         return _stop_list(self.stop)

@@ -548,8 +548,8 @@ def test_chat_completion_sdk_round_trip() -> None:
     assert sdk.choices[0].message.content == "Hi!"
     assert sdk.choices[0].logprobs is not None and sdk.choices[0].logprobs.content is not None
     assert sdk.choices[0].logprobs.content[0].top_logprobs[1].token == "Hey"
-    call = sdk.choices[1].message.tool_calls[0]  # type: ignore[index]
-    assert call.type == "function" and call.function.name == "get_weather"  # type: ignore[union-attr]
+    call = sdk.choices[1].message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
     assert sdk.usage is not None and sdk.usage.total_tokens == 30
     assert sdk.usage.completion_tokens_details is not None and sdk.usage.completion_tokens_details.reasoning_tokens == 5
     # The reasoning extension survives the SDK as an extra attribute.
