@@ -26,17 +26,17 @@ from gptoss.api.chat.protocol import (
 )
 from gptoss.api.common.protocol import SSE_DONE, to_sampling_params
 from gptoss.api.common.serving import (
-    _LARGE_INPUTS,
     LARGE_INPUT_CHARS,
+    LARGE_INPUTS,
     UNLIMITED,
     Admission,
     Backend,
+    Job,
+    NoHold,
     TokenClock,
     TokenObserver,
-    _Job,
-    _merge,
-    _NoHold,
     event_batches,
+    merge_streams,
     resolve_max_tokens,
     sse_error,
 )
@@ -226,7 +226,7 @@ class ChatHandler:
         if sum(len(t) for t in texts) < LARGE_INPUT_CHARS:
             return
         enc = text_encoding()
-        async with _LARGE_INPUTS:
+        async with LARGE_INPUTS:
             counted = await asyncio.to_thread(lambda: sum(len(enc.encode(t, allowed_special="all")) for t in texts))
         ctx = self.backend.engine.max_context
         if counted >= ctx:
@@ -281,12 +281,12 @@ class ChatHandler:
 
 
 @dataclass
-class ChatJob(_Job):
+class ChatJob(Job):
     request: ChatCompletionRequest
     runs: list[ChoiceRun]
     prompt_tokens: int
     model: str
-    hold: Any = field(default_factory=_NoHold)
+    hold: Any = field(default_factory=NoHold)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -298,7 +298,7 @@ class ChatJob(_Job):
         """Drain every choice (the same pieces the stream would send) into one response."""
         acc: dict[int, dict[str, Any]] = {r.index: {"tool_calls": {}} for r in self.runs}
         logprobs: dict[int, list[dict[str, Any]]] = {r.index: [] for r in self.runs}
-        async for piece in _merge([r.pieces() for r in self.runs]):
+        async for piece in merge_streams([r.pieces() for r in self.runs]):
             a = acc[piece.index]
             for key, val in piece.delta.items():
                 if key == "tool_calls":
@@ -344,7 +344,7 @@ class ChatJob(_Job):
 
     def pieces(self) -> AsyncIterator[ChatPiece]:
         """Every choice's pieces, as they come."""
-        return _merge([r.pieces() for r in self.runs])
+        return merge_streams([r.pieces() for r in self.runs])
 
     async def sse(self) -> AsyncIterator[str]:
         """SSE lines: a role chunk per choice, deltas as generated, finish chunks, usage, [DONE]."""
@@ -365,7 +365,7 @@ class ChatJob(_Job):
         try:
             for r in self.runs:
                 yield chunk([{"index": r.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            async for piece in _merge([r.pieces() for r in self.runs]):
+            async for piece in merge_streams([r.pieces() for r in self.runs]):
                 choice: dict[str, Any] = {"index": piece.index, "delta": piece.delta, "finish_reason": None}
                 if piece.logprobs is not None:
                     choice["logprobs"] = {"content": piece.logprobs}

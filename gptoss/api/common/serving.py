@@ -72,10 +72,10 @@ class _Unlimited:
         return None
 
     def reserve(self, tokens: int) -> Any:
-        return _NoHold()
+        return NoHold()
 
 
-class _NoHold:
+class NoHold:
     def settle(self, used_tokens: int) -> None:
         pass
 
@@ -103,7 +103,7 @@ class Backend:
 LARGE_INPUT_CHARS = 64 * 1024
 #: Large inputs are tokenised one at a time: the others wait, and a core stays free for the
 #: event loop and the engine (bounded work per request).
-_LARGE_INPUTS = asyncio.Semaphore(1)
+LARGE_INPUTS = asyncio.Semaphore(1)
 
 
 def sse_error(exc: BaseException) -> str:
@@ -156,7 +156,7 @@ async def event_batches(stream: RequestStream) -> AsyncIterator[list[TokenEvent]
         yield [ev, *stream.ready_events()]
 
 
-async def _merge(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+async def merge_streams(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
     """Interleave several async iterators as items arrive (n > 1 choices)."""
     if len(gens) == 1:
         async for item in gens[0]:
@@ -190,7 +190,7 @@ async def _merge(gens: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
             t.cancel()
 
 
-class _Job:
+class Job:
     """What chat and completion jobs share: their choices' streams and token counts."""
 
     runs: Sequence[Any]

@@ -16,17 +16,17 @@ from typing import Any
 
 from gptoss.api.common.protocol import SSE_DONE, to_sampling_params
 from gptoss.api.common.serving import (
-    _LARGE_INPUTS,
     LARGE_INPUT_CHARS,
+    LARGE_INPUTS,
     UNLIMITED,
     Admission,
     Backend,
+    Job,
+    NoHold,
     TokenClock,
     TokenObserver,
-    _Job,
-    _merge,
-    _NoHold,
     event_batches,
+    merge_streams,
     resolve_max_tokens,
     sse_error,
 )
@@ -119,7 +119,7 @@ class CompletionHandler:
     ) -> CompletionJob:
         b = self.backend  # the route has checked the model (before the key's model access)
         if sum(len(p) for p in req.prompts() if isinstance(p, str)) >= LARGE_INPUT_CHARS:
-            async with _LARGE_INPUTS:
+            async with LARGE_INPUTS:
                 prompts = await asyncio.to_thread(self._prompts, req)
         else:
             prompts = await asyncio.to_thread(self._prompts, req)  # tokenising: off the loop
@@ -148,13 +148,13 @@ class CompletionHandler:
 
 
 @dataclass
-class CompletionJob(_Job):
+class CompletionJob(Job):
     request: CompletionRequest
     runs: list[CompletionRun]
     echoes: list[str]
     prompt_tokens: int
     model: str
-    hold: Any = field(default_factory=_NoHold)
+    hold: Any = field(default_factory=NoHold)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -176,7 +176,7 @@ class CompletionJob(_Job):
         lps: dict[int, dict[str, list[Any]]] = {
             r.index: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for r in self.runs
         }
-        async for index, text, lp, _ in _merge([r.pieces() for r in self.runs]):
+        async for index, text, lp, _ in merge_streams([r.pieces() for r in self.runs]):
             texts[index] += text
             if lp:
                 for k, v in lp.items():
@@ -199,7 +199,7 @@ class CompletionJob(_Job):
                 if self.echoes[r.index]:
                     c = {"index": r.index, "text": self.echoes[r.index], "logprobs": None, "finish_reason": None}
                     yield Completion.model_validate(self._envelope([c], None)).to_sse()
-            async for index, text, lp, finish in _merge([r.pieces() for r in self.runs]):
+            async for index, text, lp, finish in merge_streams([r.pieces() for r in self.runs]):
                 c = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
                 yield Completion.model_validate(self._envelope([c], None)).to_sse()
             if include_usage:
