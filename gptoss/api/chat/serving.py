@@ -218,7 +218,7 @@ class ChatHandler:
     async def _refuse_oversized(self, req: ChatCompletionRequest) -> None:
         """A 400 for a conversation whose text alone cannot fit the context, before rendering it.
 
-        Harmony's renderer holds the GIL while it tokenises (tens of ms per MB), which would
+        Harmony's renderer holds the GIL while it tokenises, which on a large input would
         stall every other request; counting the text with tiktoken does not. The count is a
         lower bound of the rendered prompt (which adds the Harmony framing).
         """
