@@ -157,13 +157,21 @@ class GptOss:
             ctx.response.metadata.update({"content-type": "application/json", **err.headers})
             yield json.dumps(err.body())
             return
+        sent = False
         try:
             async for piece in job.pieces():
                 text = piece.delta.get("content")
                 if text:
+                    sent = True
                     yield text
-        except Exception as exc:  # already streaming: log it; the client sees the text end
-            logger.warning("generate: the stream ended early: %s", api_error_from(exc).message)
+        except Exception as exc:
+            err = api_error_from(exc)
+            if not sent:  # BentoML has not started the response yet: the error gets its status
+                ctx.response.status_code = err.status
+                ctx.response.metadata.update({"content-type": "application/json", **err.headers})
+                yield json.dumps(err.body())
+            else:  # a text stream cannot carry an error: log it; the client sees the text end
+                logger.warning("generate: the stream ended early: %s", err.message)
         finally:
             job.cancel()
             finish_job(request, job)

@@ -364,7 +364,10 @@ class EngineCore:
                 with self._lock:
                     self._waiting.popleft()
                 if self._prepare(seq):
-                    self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
+                    try:
+                        self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
+                    except Exception as exc:
+                        self._fail_one(seq, exc, "prefilling the prompt")
                 continue
             if n > budget:
                 break
@@ -414,9 +417,14 @@ class EngineCore:
         """
         from gptoss.engine.runner import sample
 
+        # Each row draws its random number first: keep the generators' states so that the rows
+        # sampled again alone draw what they would have drawn (a seed reproduces, fault or not).
+        saved = [(s.sampler.generator, s.sampler.generator.get_state()) for s in seqs if s.sampler.generator]
         try:
             return list(sample(logits, [s.sampler for s in seqs]))
         except Exception:
+            for generator, state in saved:
+                generator.set_state(state)
             out: list[Any] = []
             for i, seq in enumerate(seqs):
                 try:

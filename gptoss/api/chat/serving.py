@@ -9,6 +9,7 @@ drains exactly the same pieces into one response, so both give the same answer.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -41,8 +42,17 @@ from gptoss.api.common.serving import (
     sse_error,
 )
 from gptoss.engine.types import GenerationRequest, RequestStream, TokenEvent
-from gptoss.errors import APIError
-from gptoss.harmony import ChatStreamParser, RenderedPrompt, StopMatcher, Turn, render_chat, token_bytes, token_text
+from gptoss.errors import APIError, bad_request
+from gptoss.harmony import (
+    ChatStreamParser,
+    HarmonyInputError,
+    RenderedPrompt,
+    StopMatcher,
+    Turn,
+    render_chat,
+    token_bytes,
+    token_text,
+)
 from gptoss.harmony.vocab import text_encoding
 
 
@@ -185,6 +195,20 @@ class ChoiceRun:
         return entries
 
 
+#: The longest run of whitespace accepted in one string (Harmony's encoder is quadratic in it).
+MAX_WHITESPACE_RUN = 1024
+_LONG_WHITESPACE = re.compile(rf"\s{{{MAX_WHITESPACE_RUN + 1}}}")
+
+
+def _check_whitespace(text: str, param: str) -> None:
+    if len(text) > MAX_WHITESPACE_RUN and _LONG_WHITESPACE.search(text):
+        raise bad_request(
+            f"{param} holds a run of more than {MAX_WHITESPACE_RUN} whitespace characters; shorten it.",
+            param=param,
+            code="invalid_value",
+        )
+
+
 def _turn(i: int, message: ChatMessageParam) -> Turn:
     """A request message as Harmony takes it: content flattened to text (a non-text part is a 400)."""
     text = content_text(message.content, param=f"messages[{i}].content") or ""
@@ -207,6 +231,17 @@ class ChatHandler:
         return ("reasoning_content", "reasoning") if mode == "both" else (mode,)
 
     def _render(self, req: ChatCompletionRequest) -> RenderedPrompt:
+        try:
+            return self._render_unchecked(req)
+        except (HarmonyInputError, APIError, ValueError, TypeError):
+            raise
+        except BaseException as exc:  # openai-harmony's Rust panics are BaseExceptions
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            message = f"The conversation could not be rendered ({type(exc).__name__})."
+            raise HarmonyInputError(message, "messages") from exc
+
+    def _render_unchecked(self, req: ChatCompletionRequest) -> RenderedPrompt:
         return render_chat(
             [_turn(i, m) for i, m in enumerate(req.messages)],
             encoding=self.backend.encoding,
@@ -216,13 +251,23 @@ class ChatHandler:
         )
 
     async def _refuse_oversized(self, req: ChatCompletionRequest) -> None:
-        """A 400 for a conversation whose text alone cannot fit the context, before rendering it.
+        """A 400 for input Harmony's renderer cannot take cheaply, before rendering it.
 
-        Harmony's renderer holds the GIL while it tokenises, which on a large input would
-        stall every other request; counting the text with tiktoken does not. The count is a
-        lower bound of the rendered prompt (which adds the Harmony framing).
+        The renderer holds the GIL while it tokenises, so whatever it spends stalls every other
+        request. Its encoder is quadratic in the length of a whitespace run, so long runs are
+        refused; and a conversation whose text alone cannot fit the context is counted with
+        tiktoken (which releases the GIL) and refused. The count is a lower bound of the
+        rendered prompt (which adds the Harmony framing).
         """
-        texts = [t for m in req.messages for t in _strings(m.model_dump(exclude_none=True))]
+        texts: list[str] = []
+        for i, m in enumerate(req.messages):
+            for t in _strings(m.model_dump(exclude_none=True)):
+                _check_whitespace(t, f"messages[{i}]")
+                texts.append(t)
+        for i, tool in enumerate(req.tools or ()):
+            for t in _strings(tool.model_dump(exclude_none=True)):
+                _check_whitespace(t, f"tools[{i}]")
+                texts.append(t)
         if sum(len(t) for t in texts) < LARGE_INPUT_CHARS:
             return
         enc = text_encoding()

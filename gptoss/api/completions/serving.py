@@ -126,6 +126,11 @@ class CompletionHandler:
         runs: list[CompletionRun] = []
         echoes: list[str] = []
         budgets = [resolve_max_tokens(b, len(prompt), req.max_tokens) for prompt in prompts]
+        limit = admission.limit()
+        if limit is not None and req.max_tokens is None:  # the default fits the key's budget
+            per_token = len(budgets) * (req.n or 1)
+            room = (limit - sum(len(p) for p in prompts)) // per_token
+            budgets = [max(1, min(m, room)) for m in budgets]
         prompt_tokens = sum(len(prompt) for prompt in prompts)
         hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
         try:

@@ -114,3 +114,20 @@ async def test_typed_request_parts_reach_the_prompt(post, engine):
     assert "<|start|>assistant to=functions.f<|channel|>commentary <|constrain|>json<|message|>{}<|call|>" in prompt
     assert "<|start|>functions.f to=assistant<|channel|>commentary<|message|>r1\nr2<|end|>" in prompt
     assert prompt.endswith("<|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>")
+
+
+
+async def test_long_whitespace_runs_are_refused_before_rendering(post, engine):
+    """Harmony's encoder is quadratic in a whitespace run and holds the GIL: such input is a 400."""
+    import time
+
+    started = time.monotonic()
+    r = await post([{"role": "user", "content": "hi" + " " * 200_000}])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0]"
+    assert time.monotonic() - started < 2.0
+    tools = [{"type": "function", "function": {"name": "f", "description": "x" + "\n" * 5000}}]
+    r = await post([USER], tools=tools)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0]"
+    with pytest.raises(Reached):  # runs up to the limit are rendered and reach the engine
+        await post([{"role": "user", "content": ("a" + " " * 1000) * 5}])
+    assert engine.prompt is not None and " " * 1000 in engine.prompt

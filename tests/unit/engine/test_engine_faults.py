@@ -81,10 +81,14 @@ async def test_raising_sampler_fails_only_its_row(model, monkeypatch):
     monkeypatch.setattr(model_runner, "_processed_row", flaky)
     engine = make_engine(model)
     try:
+        # A seeded sampled neighbour too: its draws must not shift when the batch is re-sampled.
+        seeded = SamplingParams(max_tokens=NEIGHBOUR_TOKENS, temperature=1.0, seed=7)
         alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS]
+        alone.append(await collect(engine, PROMPTS[0], seeded))
         victim = GenerationRequest(list(PROMPTS[1]), SamplingParams(max_tokens=30, temperature=0, presence_penalty=0.5))
         events = []
         neighbours = [asyncio.create_task(collect(engine, p, greedy(NEIGHBOUR_TOKENS))) for p in PROMPTS]
+        neighbours.append(asyncio.create_task(collect(engine, PROMPTS[0], seeded)))
         await asyncio.sleep(0.05)
         with pytest.raises(SequenceFailed, match="injected sampler fault"):
             async for ev in engine.submit(victim):
@@ -136,5 +140,25 @@ async def test_model_step_fault_fails_the_batch_and_nobody_hangs(model, monkeypa
         # The engine goes on with new requests afterwards.
         assert len(await collect(engine, PROMPTS[2], greedy(6))) == 6
         assert engine.stats().running == 0
+    finally:
+        await engine.shutdown(1)
+
+
+async def test_a_long_prompt_whose_chunked_prefill_cannot_start_fails_alone(model, monkeypatch):
+    engine = make_engine(model, max_batched_tokens=64)
+    runner = engine._core._runner
+
+    def failing(prompt):
+        raise RuntimeError("injected chunk fault")
+
+    monkeypatch.setattr(runner, "start_chunked", failing)
+    try:
+        alone = [await collect(engine, p, greedy(NEIGHBOUR_TOKENS)) for p in PROMPTS[:3]]
+        bad = GenerationRequest(list(range(3000, 3200)), greedy(4))  # 200 tokens: prefilled in chunks
+        neighbours = [asyncio.create_task(collect(engine, p, greedy(NEIGHBOUR_TOKENS))) for p in PROMPTS[:3]]
+        await asyncio.sleep(0.05)
+        with pytest.raises(SequenceFailed, match="injected chunk fault"):
+            await asyncio.wait_for(collect(engine, bad.prompt_ids, bad.params), 5)
+        assert await asyncio.gather(*neighbours) == alone
     finally:
         await engine.shutdown(1)
