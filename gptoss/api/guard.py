@@ -4,8 +4,9 @@ A pure ASGI middleware that runs before the key check (inside the access log, so
 logged and counted):
 
 - a path that is not in :data:`routes.ROUTES` gets a JSON 404, whatever key it carries;
-- a body larger than ``GPTOSS_MAX_REQUEST_BYTES`` gets a 413 before the app reads it (by its
-  ``Content-Length``, or by counting a chunked body, which is then handed on whole);
+- a body larger than ``GPTOSS_MAX_REQUEST_BYTES`` gets a 413: at once by its ``Content-Length``,
+  or, for a chunked body, once the app has read that much (after the key check: nothing is read
+  ahead here for a caller without a key);
 - an error response from anything behind it (BentoML's own routes answer text or
   ``{"error": "..."}``) leaves as ``{"error": {"message", "type", "param", "code"}}`` with the
   same status.
@@ -81,13 +82,25 @@ class RequestGuardMiddleware:
         if length is not None and length > limit:
             await send_error(send, too_large)
             return
-        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            body = await _read_bounded(receive, limit)
-            if body is None:  # over the limit, or the client left
-                await send_error(send, too_large)
-                return
-            receive = _replay(body, receive)
-        await self.app(scope, receive, _shaping_errors(send))
+        if length is not None:
+            await self.app(scope, receive, _shaping_errors(send))
+            return
+        # No Content-Length (chunked): count the body as the app reads it, after the key check,
+        # rather than holding it here for anyone who connects.
+        counter = _BodyCounter(receive, limit, too_large)
+        started = False
+
+        async def watching(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counter.receive, _shaping_errors(watching, override=counter.error))
+        except APIError as exc:
+            if exc is not too_large or started:
+                raise
+            await send_error(send, too_large)
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:
@@ -100,39 +113,40 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
-async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
-    """A body without Content-Length, read whole; None once it passes ``limit`` or the client leaves."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+class _BodyCounter:
+    """``receive`` that counts the body's bytes and raises the 413 once they pass the limit.
+
+    The app may catch that error on its way out and answer something else (a framework's 500):
+    :meth:`error` tells the error shaper to send the 413 instead.
+    """
+
+    def __init__(self, receive: Callable[..., Any], limit: int, too_large: APIError) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._too_large = too_large
+        self._total = 0
+        self.exceeded = False
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message.get("type") == "http.request":
+            self._total += len(message.get("body", b""))
+            if self._total > self._limit:
+                self.exceeded = True
+                raise self._too_large
+        return message
+
+    def error(self) -> APIError | None:
+        return self._too_large if self.exceeded else None
 
 
-def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
-    """``receive`` that hands the app the body read ahead, then waits on the client as usual."""
-    sent = False
+def _shaping_errors(
+    send: Callable[..., Any], override: Callable[[], APIError | None] = lambda: None
+) -> Callable[..., Any]:
+    """``send`` that turns error responses that are not in OpenAI's shape into that shape.
 
-    async def replayed() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-def _shaping_errors(send: Callable[..., Any]) -> Callable[..., Any]:
-    """``send`` that turns error responses that are not in OpenAI's shape into that shape."""
+    ``override()``, when it returns an error, replaces whatever error response the app sends.
+    """
     held: dict[str, Any] | None = None
     parts: list[bytes] = []
     size = 0
@@ -159,6 +173,10 @@ def _shaping_errors(send: Callable[..., Any]) -> Callable[..., Any]:
         body = b"".join(parts)
         start, held = held, None
         status = int(start["status"])
+        replacement = override()
+        if replacement is not None:
+            await send_error(send, replacement)
+            return
         if _is_openai_error(body):
             await send(start)
             await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -85,3 +85,31 @@ async def test_errors_behind_it_leave_in_openai_shape():
         assert r.status_code == 429 and r.json()["error"] == {
             "message": "slow down", "type": "rate_limit_error", "param": None, "code": "x"
         }
+
+
+async def test_a_chunked_body_is_counted_as_the_app_reads_it_not_read_ahead():
+    """Nothing is read before the app (auth) decides; a framework's 500 for the error becomes the 413."""
+    reads: list[int] = []
+
+    async def refusing(scope, receive, send):  # like auth: answers without reading the body
+        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"no key"})
+
+    async def swallowing(scope, receive, send):  # like BentoML: any error while reading is its 500
+        try:
+            while (await receive()).get("more_body"):
+                reads.append(1)
+        except Exception:
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"error": "unexpected"}'})
+
+    async def chunks(n: int):
+        for _ in range(n):
+            yield b"y" * 500
+
+    for app, status in ((refusing, 401), (swallowing, 413)):
+        guard = RequestGuardMiddleware(app, settings=Settings(max_request_bytes=2048))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as http:
+            r = await http.post("/v1/chat/completions", content=chunks(10))
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert len(reads) == 4  # the fifth chunk passed the limit
