@@ -116,8 +116,8 @@ class GptOss:
         openai_app.state.backend = self.backend  # the mounted API serves from now on
 
     def __is_ready__(self) -> bool:
-        """BentoML's /readyz: 503 until the model is loaded and the engine serves (then /health is 200)."""
-        return bool(self.engine.ready)
+        """BentoML's /readyz: 503 until the model is loaded and the engine serves, and again once it drains."""
+        return bool(self.engine.serving)
 
     def _checkpoint(self) -> str | None:
         """The pinned checkpoint's local directory, or None to let the loader resolve GPTOSS_MODEL."""

@@ -181,17 +181,28 @@ async def _watch_disconnect(request: Request, cancel: Any) -> None:
             return
 
 
+class _JobStream(StreamingResponse):
+    """An SSE response that ends its job however the response ends.
+
+    A generator's ``finally`` runs only if the generator was started and then closed; a client
+    that leaves before the first chunk would leave the job generating and its tokens reserved.
+    """
+
+    def __init__(self, request: Request, job: Any) -> None:
+        super().__init__(job.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._request, self._job = request, job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.cancel()
+            finish_job(self._request, self._job)
+
+
 async def _respond(request: Request, job: Any, stream: bool) -> Any:
     if stream:
-
-        async def body() -> Any:
-            try:
-                async for line in job.sse():
-                    yield line
-            finally:
-                finish_job(request, job)
-
-        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _JobStream(request, job)
     watcher = asyncio.create_task(_watch_disconnect(request, job.cancel))
     try:
         return await job.response()

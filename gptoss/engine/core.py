@@ -493,6 +493,11 @@ class FrontEnd:
     def ready(self) -> bool:
         return self._ready.is_set() and self.load_error is None and not self._stopped
 
+    @property
+    def draining(self) -> bool:
+        """Shutting down: in-flight requests finish, new ones are refused."""
+        return self._draining
+
     def _admit(self, queued: int) -> None:
         """Raise what a new request gets instead of a stream, given how many already wait."""
         if self.load_error is not None or not self._ready.is_set():
@@ -528,6 +533,12 @@ class Engine(FrontEnd):
             return
         self._ready.set()
         self._core.loop()
+
+    @property
+    def serving(self) -> bool:
+        """Ready for new requests: loaded, not draining, and its thread still stepping."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return self.ready and not self.draining and alive
 
     @property
     def max_context(self) -> int:

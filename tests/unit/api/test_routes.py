@@ -273,3 +273,32 @@ async def test_default_max_tokens_shrinks_to_the_key_budget_and_the_rest_is_give
     job = await handler.start(explicit, admission=budget)  # what the caller asked for is reserved as is
     assert engine.requests[-1].params.max_tokens == 500 and budget.held[-1] == job.prompt_tokens + 500
     job.cancel()
+
+
+async def test_a_stream_whose_client_left_before_the_first_chunk_still_ends_its_job(client_for):
+    """The job is cancelled and its tokens settled however the response ends (here: never started)."""
+    from gptoss.api.app import _JobStream
+    from gptoss.api.chat.protocol import ChatCompletionRequest
+    from gptoss.api.chat.serving import ChatHandler
+
+    _, engine = client_for(REASON_THEN_ANSWER)
+    handler = ChatHandler(engine.app.state.backend)
+    budget = Budget(10_000)
+    req = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5}
+    )
+    job = await handler.start(req, admission=budget)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        raise OSError("the client is gone")
+
+    request = type("R", (), {"scope": {}})()
+    from starlette.requests import ClientDisconnect
+
+    with pytest.raises((OSError, ClientDisconnect)):
+        await _JobStream(request, job)({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert budget.settled == [job.usage()["total_tokens"]]
+    assert all(r.stream.cancelled for r in job.runs)
