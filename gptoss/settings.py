@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(False, description="Serve without API keys (logs a warning). Never on the internet.")
     public_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json without a key.")
     public_metrics: bool = Field(False, description="Serve /metrics without a key (else any valid key may read it).")
+    limits_store: str = Field(
+        "memory",
+        description="Where per-key rpm/tpm/concurrency counters live: 'memory' (each replica its own) or "
+        "'redis://host:port/db' (shared by every replica).",
+    )
+
     metrics_key_names: bool = Field(
         False,
         description="Label the per-key token counters with the key's name (names are often e-mail addresses); "
@@ -108,6 +114,13 @@ class Settings(BaseSettings):
         description="GPU: MoE layers of steps with up to this many tokens use batched_mm, larger steps grouped_mm "
         "(0 = always grouped_mm).",
     )
+
+    @field_validator("limits_store")
+    @classmethod
+    def _known_limits_store(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'memory' or a redis:// (rediss://, unix://) URL")
+        return value
 
     @field_validator("keys_file", mode="before")
     @classmethod

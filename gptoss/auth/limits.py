@@ -69,19 +69,21 @@ class Reservation:
     Holds no key material (only the key's name), so it is safe to log or repr.
     """
 
-    __slots__ = ("name", "tokens", "_limiter", "_state", "_bucket", "_settled")
+    __slots__ = ("name", "tokens", "member", "_limiter", "_state", "_bucket", "_settled")
 
     def __init__(
         self,
-        limiter: RateLimiter | None,
+        limiter: Any,
         tokens: int,
         name: str | None = None,
         state: _KeyState | None = None,
         bucket: list[float] | None = None,
+        member: str | None = None,
     ) -> None:
         self.name = name
         self.tokens = tokens  # reserved at admission
-        self._limiter = limiter
+        self.member = member  # its entry in a shared store (shared_limits)
+        self._limiter = limiter  # RateLimiter or shared_limits.RedisRateLimiter
         self._state = state
         self._bucket = bucket
         self._settled = False

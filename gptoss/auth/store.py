@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gptoss.auth.keyfile import _index, _load_located, _Located, _open_mode, _parse_env_located
 from gptoss.auth.limits import RateLimiter
@@ -47,9 +48,11 @@ class KeyStore:
         env_keys: str = "",
         *,
         clock: Callable[[], float] = time.monotonic,
+        limiter: Any = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
-        self.limiter = RateLimiter(clock)
+        # In this process (the default), or shared by every replica (shared_limits).
+        self.limiter = limiter if limiter is not None else RateLimiter(clock)
         self._env_entries = _parse_env_located(env_keys, self.limiter)
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -61,7 +64,14 @@ class KeyStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> KeyStore:
         """Store from ``GPTOSS_KEYS_FILE`` + ``GPTOSS_API_KEYS``; NoKeysConfigured if there is none."""
-        store = cls(settings.keys_file, settings.api_keys.get_secret_value(), clock=clock)
+        limiter = None
+        if settings.limits_store != "memory":
+            from gptoss.auth.shared_limits import RedisRateLimiter
+
+            limiter = RedisRateLimiter(settings.limits_store, inflight_ttl=int(settings.request_timeout) + 60)
+            limiter.ping()  # an unreachable store stops the start, as a broken keys file does
+            logger.info("Per-key limits are shared through %s", _redacted(settings.limits_store))
+        store = cls(settings.keys_file, settings.api_keys.get_secret_value(), clock=clock, limiter=limiter)
         if not len(store) and not settings.auth_disabled:
             raise NoKeysConfigured()
         return store
@@ -259,3 +269,15 @@ def validate_auth_config(settings: Settings | None = None) -> KeyStore | None:
         log_auth_mode(settings)
         return None
     return get_key_store(settings)
+
+
+def _redacted(url: str) -> str:
+    """A store URL for the log, without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
