@@ -351,12 +351,17 @@ class EngineCore:
                     self._join([seq], *part)
         admitted = self._admitting
         timeline = self._runner.batch.length if self._runner.batch is not None else 0
-        while self._waiting and len(self._running) + len(admitted) < self.config.max_running:
+        # A long prompt being prefilled joins the batch soon: it counts as a row of its length.
+        chunk_rows = 0
+        if self._chunked is not None:
+            chunk_rows = 1
+            timeline = max(timeline, len(self._chunked[0].request.prompt_ids))
+        while self._waiting and len(self._running) + len(admitted) + chunk_rows < self.config.max_running:
             seq = self._waiting[0]
             n = len(seq.request.prompt_ids)
-            rows = len(self._running) + len(admitted) + 1
+            rows = len(self._running) + len(admitted) + chunk_rows + 1
             fits_kv = rows * max(timeline, n) <= self.config.kv_cache_tokens
-            if not fits_kv and (admitted or self._running):
+            if not fits_kv and (admitted or self._running or chunk_rows):
                 break
             if n > self.config.max_batched_tokens:
                 if self._chunked is not None or len(self._running) + len(admitted) + 1 >= self.config.max_running:
@@ -366,6 +371,7 @@ class EngineCore:
                 if self._prepare(seq):
                     try:
                         self._chunked = (seq, self._runner.start_chunked(seq.request.prompt_ids))
+                        chunk_rows, timeline = 1, max(timeline, n)
                     except Exception as exc:
                         self._fail_one(seq, exc, "prefilling the prompt")
                 continue

@@ -287,3 +287,21 @@ def test_greedy_argmax_matches_max_including_ties(dtype, vocab):
     assert [int(greedy_argmax(rows[i : i + 1])) for i in range(len(rows))] == expected.tolist()
     assert greedy_argmax(rows[1:2]).tolist() == [3]
     assert greedy_argmax(rows[3:4]).tolist() == [0]
+
+
+async def test_a_long_prompt_being_prefilled_counts_against_the_kv_budget(model):
+    """While a long prompt is prefilled in chunks, admissions leave room for its row."""
+    engine = make_engine(model, kv_cache_tokens=300, max_batched_tokens=16)
+    long_prompt = list(range(3000, 3199))  # 199 tokens: 13 chunks of 16
+    seen: list[int] = []
+    try:
+        tasks = [asyncio.create_task(collect(engine, long_prompt, greedy(8)))]
+        tasks += [asyncio.create_task(collect(engine, p[:10], greedy(40))) for p in PROMPTS]
+        while not all(t.done() for t in tasks):
+            seen.append(engine.stats().kv_tokens)
+            await asyncio.sleep(0.001)
+        assert [len(t.result()) for t in tasks] == [8] + [40] * 4
+        # One row of the long prompt and its tokens fit; five rows padded to its length (995) do not.
+        assert max(seen) <= 300
+    finally:
+        await engine.shutdown(1)
