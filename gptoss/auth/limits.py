@@ -42,6 +42,23 @@ def reserve_tokens(principal: Any, n: int) -> Reservation:
     except RateLimited as e:
         logger.info("429 for key '%s': %s", p.name, e.message)
         raise APIError(429, e.message, code="rate_limit_exceeded", headers=e.headers) from None
+    except LimitsUnavailable as e:
+        raise limits_unavailable(e) from None
+
+
+def limits_unavailable(exc: LimitsUnavailable) -> APIError:
+    """The 503 a request gets while the shared limits store is down (fail closed)."""
+    logger.error("Per-key limits store unavailable: %s", exc)
+    return APIError(
+        503,
+        "Rate limits cannot be checked right now; retry shortly.",
+        code="limits_unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+class LimitsUnavailable(Exception):
+    """The shared limits store cannot be reached: the request is refused (503), never let through."""
 
 
 class RateLimited(Exception):

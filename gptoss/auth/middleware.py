@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from gptoss.auth.limits import RateLimited
+from gptoss.auth.limits import LimitsUnavailable, RateLimited, limits_unavailable
 from gptoss.auth.principal import KeysFileError, NoKeysConfigured
 from gptoss.auth.store import KeyStore, _install_sighup_once, get_key_store, log_auth_mode
 from gptoss.errors import APIError, send_error
@@ -274,6 +274,12 @@ class AuthMiddleware:
                 await send({"type": "websocket.close", "code": 1013, "reason": "rate limit exceeded"})
                 return
             await send_error(send, APIError(429, e.message, code="rate_limit_exceeded", headers=e.headers))
+            return
+        except LimitsUnavailable as e:
+            if websocket:
+                await send({"type": "websocket.close", "code": 1011, "reason": "limits unavailable"})
+                return
+            await send_error(send, limits_unavailable(e))
             return
 
         state["principal"] = principal

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gptoss.auth.limits import WINDOW_SECONDS, RateLimited, Reservation, _duration
+from gptoss.auth.limits import WINDOW_SECONDS, LimitsUnavailable, RateLimited, Reservation, _duration
 from gptoss.auth.principal import Limits, Principal
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class RedisRateLimiter:
         self._release = self._redis.register_script(_RELEASE)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle_script = self._redis.register_script(_SETTLE)
+        self._errors = (redis.RedisError, OSError)
         self.clock: Callable[[], float] | None = None  # Redis keeps the time
 
     def ping(self) -> None:
@@ -159,7 +160,7 @@ class RedisRateLimiter:
         if not limits.any:
             return {}
         args = [WINDOW_SECONDS, _or_none(limits.rpm), _or_none(limits.tpm), _or_none(limits.concurrency)]
-        reply = self._acquire(keys=self._keys(principal.name), args=[*args, uuid.uuid4().hex, self._inflight_ttl])
+        reply = self._call(self._acquire, self._keys(principal.name), [*args, uuid.uuid4().hex, self._inflight_ttl])
         verdict = _text(reply[0])
         headers = self._headers(limits, reply)
         if verdict == "ok":
@@ -175,14 +176,17 @@ class RedisRateLimiter:
 
     def release(self, principal: Principal) -> None:
         if principal.limits.concurrency is not None:
-            self._release(keys=[self._keys(principal.name)[2]])
+            try:
+                self._release(keys=[self._keys(principal.name)[2]])
+            except self._errors as exc:  # the counter expires on its own (inflight_ttl)
+                logger.error("Could not release a concurrency slot of key '%s': %s", principal.name, exc)
 
     def reserve(self, principal: Principal, n: int, now: float | None = None) -> Reservation:
         tpm = principal.limits.tpm
         if tpm is None or n <= 0:
             return Reservation(None, 0, principal.name)
         member = uuid.uuid4().hex
-        reply = self._reserve(keys=self._keys(principal.name)[:2], args=[WINDOW_SECONDS, tpm, n, member])
+        reply = self._call(self._reserve, self._keys(principal.name)[:2], [WINDOW_SECONDS, tpm, n, member])
         verdict = _text(reply[0])
         headers = self._headers(principal.limits, reply)
         if verdict == "never":
@@ -210,7 +214,17 @@ class RedisRateLimiter:
             return
         res._settled = True
         keys = self._keys(res.name)[:2]
-        self._settle_script(keys=keys, args=[WINDOW_SECONDS, res.member, res.tokens, max(0, int(used))])
+        try:
+            self._settle_script(keys=keys, args=[WINDOW_SECONDS, res.member, res.tokens, max(0, int(used))])
+        except self._errors as exc:  # the reservation leaves the window on its own within 60 s
+            logger.error("Could not settle a token reservation of key '%s': %s", res.name, exc)
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        """Run a decision script; a store that cannot answer refuses the request (LimitsUnavailable)."""
+        try:
+            return script(keys=keys, args=args)
+        except self._errors as exc:
+            raise LimitsUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def retain(self, names: Iterable[str]) -> None:
         """Nothing to forget here: every counter expires on its own in Redis."""

@@ -130,3 +130,33 @@ def test_window_state_expires_in_redis(redis_url: str):
     for suffix in ("req", "tok", "inflight"):
         ttl = client.ttl(f"t-ttl:frank:{suffix}")
         assert 0 < ttl <= 3600, suffix
+
+
+def test_an_unreachable_store_refuses_requests_with_a_503(tmp_path):
+    """Fail closed: without the store nobody's limits can be checked, so nothing is let through."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gptoss.auth import AuthMiddleware, KeyStore
+    from gptoss.auth.limits import LimitsUnavailable
+    from gptoss.auth.shared_limits import RedisRateLimiter
+    from gptoss.settings import Settings
+
+    dead = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(LimitsUnavailable):
+        dead.acquire(_key("gina", dead, rpm=5))
+    with pytest.raises(LimitsUnavailable):
+        dead.reserve(_key("gina", dead, tpm=50), 10)
+    dead.release(_key("gina", dead, concurrency=1))  # logged, never raised
+
+    key = "sk-test-dead-store-0123456789abcdef"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - name: gina\n    key: {key}\n    limits: {{rpm: 5}}\n")
+    keys.chmod(0o600)
+    store = KeyStore(keys, limiter=dead)
+    app = Starlette(routes=[Route("/v1/models", lambda request: PlainTextResponse("ok"))])
+    client = TestClient(AuthMiddleware(app, store=store, settings=Settings(keys_file=keys)))
+    r = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable" and r.headers["retry-after"]
