@@ -123,6 +123,28 @@ class Reservation:
         return f"Reservation(name={self.name!r}, tokens={self.tokens}, settled={self._settled})"
 
 
+def never_fits(tpm: int, n: int, headers: dict[str, str]) -> RateLimited:
+    """A reservation larger than the key's whole tpm: a 429 the client should not retry."""
+    headers["x-should-retry"] = "false"
+    return RateLimited(
+        f"Request too large for this API key's limit of {tpm} tokens per minute: it may use up "
+        f"to {n} tokens (prompt + max_tokens x n), so it can never fit. Reduce max_tokens, n or "
+        "the prompt.",
+        headers,
+    )
+
+
+def tokens_full(tpm: int, n: int, used: int, wait: float, headers: dict[str, str]) -> RateLimited:
+    """A reservation the key's tpm window cannot hold now: a 429 with when to retry."""
+    retry = max(1, math.ceil(wait))
+    headers["retry-after"] = str(retry)
+    return RateLimited(
+        f"Rate limit reached: {tpm} tokens per minute for this API key (this request may use up "
+        f"to {n} tokens, {max(0, tpm - used)} are left). Please retry after {retry} s.",
+        headers,
+    )
+
+
 def _duration(seconds: float) -> str:
     """OpenAI-style reset duration, e.g. ``12s`` or ``1m0s``."""
     s = max(0, math.ceil(seconds))
@@ -233,24 +255,10 @@ class RateLimiter:
             st = self._states.setdefault(principal.name, _KeyState())
             self._prune(st, now)
             if n > tpm:
-                headers = self._headers(principal.limits, st, now)
-                headers["x-should-retry"] = "false"
-                raise RateLimited(
-                    f"Request too large for this API key's limit of {tpm} tokens per minute: it may use up "
-                    f"to {n} tokens (prompt + max_tokens x n), so it can never fit. Reduce max_tokens, n or "
-                    "the prompt.",
-                    headers,
-                )
+                raise never_fits(tpm, n, self._headers(principal.limits, st, now))
             if st.token_sum + n > tpm:
-                retry = max(1, math.ceil(self._tokens_retry(st, tpm, now, need=n)))
-                headers = self._headers(principal.limits, st, now)
-                headers["retry-after"] = str(retry)
-                left = max(0, tpm - st.token_sum)
-                raise RateLimited(
-                    f"Rate limit reached: {tpm} tokens per minute for this API key (this request may use up "
-                    f"to {n} tokens, {left} are left). Please retry after {retry} s.",
-                    headers,
-                )
+                wait = self._tokens_retry(st, tpm, now, need=n)
+                raise tokens_full(tpm, n, st.token_sum, wait, self._headers(principal.limits, st, now))
             bucket = self._add_tokens(st, n, now)
             return Reservation(self, n, principal.name, st, bucket)
 

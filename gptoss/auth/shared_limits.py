@@ -20,7 +20,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gptoss.auth.limits import WINDOW_SECONDS, LimitsUnavailable, RateLimited, Reservation, _duration
+from gptoss.auth.limits import (
+    WINDOW_SECONDS,
+    LimitsUnavailable,
+    RateLimited,
+    Reservation,
+    _duration,
+    never_fits,
+    tokens_full,
+)
 from gptoss.auth.principal import Limits, Principal
 
 logger = logging.getLogger(__name__)
@@ -190,22 +198,9 @@ class RedisRateLimiter:
         verdict = _text(reply[0])
         headers = self._headers(principal.limits, reply)
         if verdict == "never":
-            headers["x-should-retry"] = "false"
-            raise RateLimited(
-                f"Request too large for this API key's limit of {tpm} tokens per minute: it may use up "
-                f"to {n} tokens (prompt + max_tokens x n), so it can never fit. Reduce max_tokens, n or "
-                "the prompt.",
-                headers,
-            )
+            raise never_fits(tpm, n, headers)
         if verdict == "full":
-            retry = max(1, math.ceil(float(reply[1])))
-            headers["retry-after"] = str(retry)
-            left = max(0, tpm - int(reply[3]))
-            raise RateLimited(
-                f"Rate limit reached: {tpm} tokens per minute for this API key (this request may use up "
-                f"to {n} tokens, {left} are left). Please retry after {retry} s.",
-                headers,
-            )
+            raise tokens_full(tpm, n, int(reply[3]), float(reply[1]), headers)
         return Reservation(self, n, principal.name, member=member)
 
     def _settle(self, res: Reservation, used: int, now: float | None = None) -> None:

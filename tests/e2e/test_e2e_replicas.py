@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import RemoteServer, free_port
+from tests.conftest import RemoteServer, free_port, start_redis
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (apt-get install redis-server)")
@@ -18,17 +17,11 @@ KEY = "sk-test-shared-limits-0123456789ab"
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RemoteServer, RemoteServer]]:
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    redis = subprocess.Popen(
-        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis, url = start_redis(tmp_path_factory.mktemp("redis"))
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys.write_text(f"keys:\n  - name: shared\n    key: {KEY}\n    limits: {{rpm: 3, concurrency: 1}}\n")
     keys.chmod(0o600)
-    env = {"GPTOSS_KEYS_FILE": str(keys), "GPTOSS_LIMITS_STORE": f"redis://127.0.0.1:{port}/0"}
+    env = {"GPTOSS_KEYS_FILE": str(keys), "GPTOSS_LIMITS_STORE": url}
     servers: list[RemoteServer] = []
     try:
         for i in range(2):
