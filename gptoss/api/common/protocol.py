@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -203,9 +204,9 @@ class _SamplingRequest(_RequestModel):
         # OpenAI's spec has n nullable (default 1); some clients send every unset field as null.
         return 1 if value is None else value
 
+    @abstractmethod
     def sampled_logprobs(self) -> int | None:
         """Alternatives per token the engine returns logprobs for (None: no logprobs); per endpoint."""
-        raise NotImplementedError
 
 
 def to_sampling_params(
