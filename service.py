@@ -152,10 +152,7 @@ class GptOss:
             )
             job = await start_job(request, self.backend, body, ChatHandler, lambda: prompt)
         except Exception as exc:
-            err = api_error_from(exc)
-            ctx.response.status_code = err.status
-            ctx.response.metadata.update({"content-type": "application/json", **err.headers})
-            yield json.dumps(err.body())
+            yield _error_response(ctx, exc)
             return
         sent = False
         try:
@@ -165,13 +162,10 @@ class GptOss:
                     sent = True
                     yield text
         except Exception as exc:
-            err = api_error_from(exc)
             if not sent:  # BentoML has not started the response yet: the error gets its status
-                ctx.response.status_code = err.status
-                ctx.response.metadata.update({"content-type": "application/json", **err.headers})
-                yield json.dumps(err.body())
+                yield _error_response(ctx, exc)
             else:  # a text stream cannot carry an error: log it; the client sees the text end
-                logger.warning("generate: the stream ended early: %s", err.message)
+                logger.warning("generate: the stream ended early: %s", api_error_from(exc).message)
         finally:
             job.cancel()
             finish_job(request, job)
@@ -181,6 +175,17 @@ class GptOss:
         """Let in-flight generations finish within the grace period, then stop the engine."""
         await self.engine.shutdown(self.settings.shutdown_grace)
         self.gauges.stop()
+
+
+def _error_response(ctx: bentoml.Context, exc: BaseException) -> str:
+    """Make the (not yet started) response an OpenAI-shaped error; returns its body.
+
+    BentoML sends ``ctx.response``'s status and headers once the first chunk is there.
+    """
+    err = api_error_from(exc)
+    ctx.response.status_code = err.status
+    ctx.response.metadata.update({"content-type": "application/json", **err.headers})
+    return json.dumps(err.body())
 
 
 # Order matters: the first added is the outermost. The access log wraps the rest, so it also
