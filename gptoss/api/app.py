@@ -53,12 +53,13 @@ def create_app(backend: Backend | None = None) -> FastAPI:
     )
     app.state.backend = backend
     app.include_router(router)
-    app.add_exception_handler(APIError, _api_error)
+    # The known types are answered inside the app; a handler for Exception alone would also
+    # make Starlette re-raise (and log a traceback for) every expected 4xx/5xx.
+    for known in (APIError, EngineError, HarmonyInputError):
+        app.add_exception_handler(known, _mapped_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(EngineError, _engine_error)
-    app.add_exception_handler(HarmonyInputError, _harmony_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, _mapped_error)
     return app
 
 
@@ -104,10 +105,6 @@ def _json_error(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return _json_error(exc)
-
-
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     return _json_error(validation_error_to_api_error(exc))
 
@@ -117,15 +114,8 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _json_error(APIError(exc.status_code, str(exc.detail), code=code))
 
 
-async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
-    return _json_error(api_error_from(exc))
-
-
-async def _harmony_error(_: Request, exc: HarmonyInputError) -> JSONResponse:
-    return _json_error(api_error_from(exc))
-
-
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _mapped_error(_: Request, exc: Exception) -> JSONResponse:
+    """Ours, the engine's, Harmony's and anything unexpected: one mapping (api/errors.py)."""
     return _json_error(api_error_from(exc))
 
 
