@@ -138,6 +138,7 @@ class ModelRunner:
         self.join(new)
         return logits
 
+    @torch.inference_mode()
     def join(self, new: Batch) -> None:
         """Merge prefilled rows into the running batch."""
         self.batch = new if self.batch is None else self._merge(self.batch, new)
@@ -325,7 +326,7 @@ def _processed_row(row: torch.Tensor, st: SamplerState) -> torch.Tensor:
 # Top-k / top-p look first at the tokens whose probability is above this fraction of the most
 # likely one's (a real model's nucleus is a few to a few hundred tokens), then at a lower cut,
 # and sort the whole row only if even that leaves out part of the nucleus: sorting a few hundred
-# candidates instead of 201k logits, with exactly the same result (docs/performance.md).
+# candidates instead of 201k logits, with exactly the same result.
 CANDIDATE_CUTS = (1e-4, 1e-9)
 
 
@@ -491,8 +492,8 @@ def sample(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[Sampled
                 s.top = tuple(zip(idx.tolist(), vals.tolist()))
             else:
                 s.top = ()
-    # Only once every row has its token: a failed call leaves no state changed, so the engine
-    # can sample the rows again one by one to find the one at fault.
+    # Only once every row has its token: a failed call leaves the penalty counts as they were, so
+    # the engine can sample the rows again one by one (restoring the generators it saved).
     for st, s in zip(states, out):
         st.observe(s.token)
     return out
