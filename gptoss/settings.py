@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     )
 
     # --- engine / backpressure -------------------------------------------------------------------
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="Which engine generates: 'transformers' (ours), 'vllm' (needs the vLLM dependency set, "
+        "requirements-vllm.txt), or 'auto' (vLLM when it is installed and a CUDA GPU is present, else ours).",
+    )
     max_running: int = Field(0, ge=0, description="Max sequences decoded together (0 = per device: 64 CPU, 128 GPU).")
     max_queued: int = Field(256, ge=0, description="Max requests waiting for a slot; more get 429.")
     max_batched_tokens: int = Field(2048, ge=16, description="Max prompt tokens prefilled in one engine step.")
@@ -62,6 +67,24 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM.")
+
+    # --- vLLM engine (GPTOSS_ENGINE=vllm) ------------------------------------------------------------
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one replica shards the model over (the Bento asks for this many GPUs)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.90, gt=0, le=1, description="Share of each GPU's memory vLLM may use (weights, activations, KV cache)."
+    )
+    vllm_max_model_len: int = Field(
+        0, ge=0, description="Context window in tokens (0 = the model's own, 131072 for gpt-oss)."
+    )
+    vllm_prefix_caching: bool = Field(True, description="Reuse the KV cache of prompt prefixes shared by requests.")
+    vllm_kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="KV-cache element type: 'auto' follows the model; fp8 halves it where the GPU has fp8."
+    )
+    vllm_cpu_kv_cache_gib: float = Field(
+        4.0, gt=0, description="CPU only (vLLM's CPU build): GiB of RAM for the KV cache."
+    )
 
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
     gpu_type: str = Field(

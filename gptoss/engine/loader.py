@@ -105,13 +105,32 @@ def engine_config(settings: Settings, device: str) -> EngineConfig:
     )
 
 
+def pick_engine(settings: Settings) -> str:
+    """'transformers' or 'vllm': GPTOSS_ENGINE, where 'auto' is vLLM when installed and a CUDA GPU is present."""
+    if settings.engine != "auto":
+        return settings.engine
+    import importlib.util
+
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+
+
 def build_engine(settings: Settings, checkpoint: Callable[[], str | None]) -> Any:
     """The engine front end the settings ask for; neither loads anything before ``start()``.
 
     ``checkpoint()`` (which may download) runs on the engine's background thread, so /health
     answers 503 instead of hanging while the model arrives.
     """
-    config = engine_config(settings, pick_device(settings))
+    device = pick_device(settings)
+    config = engine_config(settings, device)
+    if pick_engine(settings) == "vllm":
+        from gptoss.engine.vllm_engine import VLLMEngine
+
+        config.kv_cache_tokens = 0  # vLLM sizes its cache from its memory settings; known once started
+        logger.info("Engine: vLLM on %s", device)
+        return VLLMEngine(settings, lambda: checkpoint() or resolve_model_path(settings), config, device=device)
     from gptoss.engine.core import Engine
 
+    logger.info("Engine: transformers on %s", device)
     return Engine(lambda: load_model(settings, checkpoint()), config)
