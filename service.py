@@ -34,6 +34,8 @@ logger = logging.getLogger("gptoss")
 
 #: Not needed to serve: the original (unconverted) checkpoint and the Apple Metal weights.
 HF_MODEL_EXCLUDE = ("original/*", "metal/*")
+#: The vLLM Bento's default GPU: gpt-oss-20b in MXFP4 plus KV cache fits one 24 GB L4.
+VLLM_GPU_TYPE = "nvidia-l4"
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -48,6 +50,19 @@ def hf_model_ref(settings: Settings) -> bentoml.models.HuggingFaceModel | None:
     if settings.is_tiny or Path(model).expanduser().is_dir() or not _HF_ID.fullmatch(model):
         return None
     return bentoml.models.HuggingFaceModel(model, exclude=list(HF_MODEL_EXCLUDE))
+
+
+def service_resources(settings: Settings, engine: str) -> dict[str, Any]:
+    """What one replica asks for, recorded in the Bento by ``bentoml build``.
+
+    Our engine: one GPU of ``GPTOSS_GPU_TYPE`` (80 GB: it runs the experts in bf16). vLLM: one GPU
+    per tensor-parallel shard (``GPTOSS_VLLM_TENSOR_PARALLEL_SIZE``), by default 24 GB L4s, since
+    vLLM runs gpt-oss-20b's MXFP4 weights (~13 GB) as published.
+    """
+    if engine == "vllm":
+        gpu_type = settings.gpu_type if "gpu_type" in settings.model_fields_set else VLLM_GPU_TYPE
+        return {"gpu": settings.vllm_tensor_parallel_size, "gpu_type": gpu_type}
+    return {"gpu": 1, "gpu_type": settings.gpu_type}
 
 
 def traffic_concurrency(settings: Settings) -> int:
@@ -66,14 +81,18 @@ _SETTINGS = get_settings()
 configure_logging(_SETTINGS)
 if "build" not in sys.argv[1:3]:
     validate_auth_config(_SETTINGS)
+# The engine the resources are sized for: the Bento's `engine` argument (bentofile-vllm.yaml's
+# `args`, which `bentoml build` sets before importing this module, and a served Bento restores),
+# else GPTOSS_ENGINE ('auto' counts as ours; set GPTOSS_ENGINE=vllm for tensor parallelism).
+_ENGINE = getattr(bentoml.use_arguments(), "engine", None) or _SETTINGS.engine
 
 
 @bentoml.service(
     name="gpt-oss",
     http={"port": 8000},
-    # The image runs the experts in bf16 (~42 GB; MXFP4 kernels are not installable yet), so an
-    # 80 GB GPU with ~30 GB of KV cache; with MXFP4 a 24 GB L4 would do (deploy/README.md).
-    resources={"gpu": 1, "gpu_type": _SETTINGS.gpu_type},
+    # Our image runs the experts in bf16 (~42 GB; MXFP4 kernels are not installable yet), so an
+    # 80 GB GPU; the vLLM image runs MXFP4, so a 24 GB L4 per shard (deploy/README.md).
+    resources=service_resources(_SETTINGS, _ENGINE),
     # BentoML's own timeout sits above ours, so a client sees our OpenAI-shaped answer, not a cut.
     traffic={"timeout": _SETTINGS.request_timeout + 30, "concurrency": traffic_concurrency(_SETTINGS)},
     # access_log.py writes one richer line per request (key name, tokens); BentoML's would repeat it.

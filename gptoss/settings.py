@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
     gpu_type: str = Field(
         "nvidia-a100-80gb",
-        description="BentoCloud GPU type in the Bento's resources: 80 GB for bf16 experts; "
-        "'nvidia-l4' once MXFP4 runs.",
+        description="BentoCloud GPU type in the Bento's resources, read by `bentoml build`: this default (80 GB, "
+        "bf16 experts) for our engine; for the vLLM Bento (MXFP4) 'nvidia-l4' unless this is set.",
     )
 
     # --- auth --------------------------------------------------------------------------------------

@@ -17,25 +17,30 @@ from gptoss.harmony.vocab import VOCAB_SHA256, export_vocab
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("bentoml_home")
+def build_bento(home: Path, name: str, *args: str, **env: str) -> Path:
+    """`bentoml build [args]` offline into the BentoML home ``home``; the Bento's directory."""
     export_vocab(REPO / "vendor" / "harmony")  # what `make build` does first
-    env = {**os.environ, "BENTOML_HOME": str(home), "GPTOSS_MODEL": "tiny", "HF_HUB_OFFLINE": "1"}
-    for name in ("GPTOSS_MAX_RUNNING", "GPTOSS_MAX_QUEUED", "GPTOSS_GPU_TYPE"):  # the defaults are checked
-        env.pop(name, None)
+    full_env = {**os.environ, "BENTOML_HOME": str(home), "GPTOSS_MODEL": "tiny", "HF_HUB_OFFLINE": "1"}
+    for var in ("GPTOSS_MAX_RUNNING", "GPTOSS_MAX_QUEUED", "GPTOSS_GPU_TYPE", "GPTOSS_ENGINE",
+                "GPTOSS_VLLM_TENSOR_PARALLEL_SIZE"):  # the defaults are checked
+        full_env.pop(var, None)
     out = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        [sys.executable, "-m", "bentoml", "build", *args, "--output", "tag"],
         cwd=REPO,
-        env=env,
+        env={**full_env, **env},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    bentos = [p for p in (home / "bentos" / "gpt-oss").iterdir() if p.name != "latest"]
+    bentos = [p for p in (home / "bentos" / name).iterdir() if p.name != "latest"]
     assert len(bentos) == 1
     return bentos[0]
+
+
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bento(tmp_path_factory.mktemp("bentoml_home"), "gpt-oss")
 
 
 def test_bento_yaml(bento: Path):
@@ -78,8 +83,44 @@ def test_bento_files(bento: Path):
         assert required in names
     vocab = src / "vendor" / "harmony" / "o200k_base.tiktoken"
     assert hashlib.sha256(vocab.read_bytes()).hexdigest() == VOCAB_SHA256
-    assert not any(n.startswith(("tests/", "bench/", "deploy/", ".cache/", ".venv/", ".pytest_cache/")) for n in names)
+    assert not any(n.startswith(EXCLUDED_DIRS) for n in names)
     assert not any("__pycache__" in n or n.endswith((".safetensors", "keys.yaml")) for n in names)
+
+
+EXCLUDED_DIRS = ("tests/", "bench/", "deploy/", ".cache/", ".venv/", ".venv-vllm/", ".pytest_cache/")
+
+
+# --- the vLLM Bento (bentofile-vllm.yaml) --------------------------------------------------------
+
+
+def test_vllm_bento(tmp_path: Path):
+    """`bentoml build -f bentofile-vllm.yaml`, offline: vLLM's dependency set and engine, sized
+    for one 24 GB GPU per tensor-parallel shard (MXFP4 weights), with nothing else to set."""
+    bento = build_bento(tmp_path / "home", "gpt-oss-vllm", "-f", "bentofile-vllm.yaml")
+    spec = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert spec["name"] == "gpt-oss-vllm" and spec["service"] == "service:GptOss"
+    envs = {e["name"]: e.get("value") for e in spec["envs"]}
+    assert envs["GPTOSS_ENGINE"] == "vllm" and envs["GPTOSS_MODEL"] == "openai/gpt-oss-20b"
+    assert envs["GPTOSS_KEYS_FILE"] == "/etc/gptoss/keys.yaml" and "HF_TOKEN" in envs
+    assert "GPTOSS_KV_CACHE_TOKENS" not in envs  # vLLM sizes its cache from its memory share
+    config = spec["services"][0]["config"]
+    assert config["resources"] == {"gpu": 1, "gpu_type": "nvidia-l4"}
+    assert config["traffic"]["concurrency"] == 128 and config["http"]["port"] == 8000
+    reqs = [line.strip() for line in (bento / "env" / "python" / "requirements.txt").read_text().splitlines()]
+    assert "vllm==0.32.0" in reqs and "bentoml==1.4.40" in reqs
+    # vLLM pins these itself; oss-harmony (vLLM's) provides openai_harmony.
+    assert not any(r.startswith(("torch", "transformers", "fastapi", "openai-harmony")) for r in reqs)
+    assert "FROM nvidia/cuda:12.8" in (bento / "env" / "docker" / "Dockerfile").read_text()
+    src = bento / "src"
+    names = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert {"service.py", "gptoss/engine/vllm_engine.py", "vendor/harmony/o200k_base.tiktoken"} <= names
+    assert not any(n.startswith(EXCLUDED_DIRS) for n in names)
+
+    # Tensor parallelism at build time: one GPU per shard; a GPTOSS_GPU_TYPE that is set wins.
+    bento = build_bento(tmp_path / "home-tp2", "gpt-oss-vllm", "-f", "bentofile-vllm.yaml",
+                        GPTOSS_VLLM_TENSOR_PARALLEL_SIZE="2", GPTOSS_GPU_TYPE="nvidia-a10g")
+    config = yaml.safe_load((bento / "bento.yaml").read_text())["services"][0]["config"]
+    assert config["resources"] == {"gpu": 2, "gpu_type": "nvidia-a10g"}
 
 
 # --- the model reference -------------------------------------------------------------------------
