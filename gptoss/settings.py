@@ -82,9 +82,7 @@ class Settings(BaseSettings):
     vllm_kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
         "auto", description="KV-cache element type: 'auto' follows the model; fp8 halves it where the GPU has fp8."
     )
-    vllm_cpu_kv_cache_gib: float = Field(
-        4.0, gt=0, description="CPU only (vLLM's CPU build): GiB of RAM for the KV cache."
-    )
+    vllm_cpu_kv_cache_gib: int = Field(4, ge=1, description="CPU only (vLLM's CPU build): GiB of RAM for the KV cache.")
 
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
     gpu_type: str = Field(

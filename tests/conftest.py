@@ -22,11 +22,60 @@ os.environ.setdefault("GPTOSS_CACHE_DIR", str(REPO / ".cache" / "gptoss"))
 SERVER_FIXTURES = frozenset({"server", "isolated_server", "small_server"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``e2e``: everything under tests/e2e/, and any test that starts a real server."""
+ENGINES = ("transformers", "vllm")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engines",
+        default=os.environ.get("GPTOSS_TEST_ENGINES", "transformers"),
+        help="comma-separated engines the end-to-end API suite runs against: transformers, vllm "
+        "(env GPTOSS_TEST_ENGINES; vllm needs `make setup-vllm`)",
+    )
+
+
+def selected_engines(config: pytest.Config) -> list[str]:
+    engines = [e.strip() for e in config.getoption("--engines").split(",") if e.strip()]
+    unknown = set(engines) - set(ENGINES)
+    if unknown or not engines:
+        raise pytest.UsageError(f"--engines: choose from {', '.join(ENGINES)} (got {', '.join(sorted(unknown))})")
+    return engines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The server fixtures run on every selected engine for tests marked ``engines`` (the API suite),
+    on ours alone for the rest (auth, limits, packaging: nothing there depends on the engine)."""
+    if "engine" in metafunc.fixturenames:
+        engines = selected_engines(metafunc.config)
+        if metafunc.definition.get_closest_marker("engines") is None:
+            engines = ["transformers"]
+        metafunc.parametrize("engine", engines, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``e2e``: everything under tests/e2e/, and any test that starts a real server. An end-to-end
+    test runs only on the selected engines (the default engine's own tests count as ours)."""
+    engines = selected_engines(config)
+    keep, drop = [], []
     for item in items:
         if "e2e" in item.path.parts or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+            callspec = getattr(item, "callspec", None)
+            engine = callspec.params.get("engine", "transformers") if callspec else "transformers"
+            if engine not in engines:
+                drop.append(item)
+                continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine a server fixture starts (parametrised by pytest_generate_tests)."""
+    return getattr(request, "param", "transformers")
+
 
 ADMIN_KEY = "sk-test-admin-0123456789abcdef"
 CHAT_KEY = "sk-test-chatonly-0123456789abcdef"
@@ -61,6 +110,11 @@ keys:
 """
 
 
+# Harmony's stop tokens (<|endoftext|>, <|return|>, <|end|>, <|call|>) banned: a random-weight model
+# then generates until max_tokens on any engine, however fast it is.
+NO_STOP = {str(token): -100 for token in (199999, 200002, 200007, 200012)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,17 +132,26 @@ class RemoteServer:
         log_path: Path | None = None,
         port: int | None = None,
         wait: bool = True,
+        engine: str = "transformers",
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.engine = engine
         # Each server gets its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory
         # under it at start, so servers sharing one would clobber each other's /metrics.
         self._home = tempfile.mkdtemp(prefix="bentoml_home_")
-        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, **env}
+        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, "GPTOSS_ENGINE": engine}
+        python = sys.executable
+        if engine == "vllm":
+            python = vllm_python()
+            # vLLM's CPU build: a small KV cache, so that several test servers fit in RAM at once.
+            full_env["GPTOSS_VLLM_CPU_KV_CACHE_GIB"] = "1"
+            startup_timeout = max(startup_timeout, 300.0)
+        full_env.update(env)
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:GptOss", "--port", str(self.port), "--host", "127.0.0.1"],
+            [python, "-m", "bentoml", "serve", "service:GptOss", "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=REPO,
             env=full_env,
             stdout=self._log,
@@ -173,6 +236,14 @@ class RemoteServer:
         return self.proc.returncode
 
 
+def vllm_python() -> str:
+    """The interpreter of the vLLM flavour's own venv (``make setup-vllm``); GPTOSS_VLLM_PYTHON overrides it."""
+    python = os.environ.get("GPTOSS_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.fail(f"the vLLM engine was selected but {python} does not exist: run `make setup-vllm`")
+    return python
+
+
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     """A real ``redis-server`` on a free loopback port, ready; (process, redis:// URL)."""
     import redis
@@ -205,10 +276,10 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
-    """One shared server with the tiny model and the test keys."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file)}, log_path=log)
+def server(engine: str, keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
+    """One shared server per engine with the tiny model and the test keys."""
+    log = tmp_path_factory.mktemp(f"server-{engine}") / "server.log"
+    srv = RemoteServer({"GPTOSS_KEYS_FILE": str(keys_file)}, log_path=log, engine=engine)
     yield srv
     srv.stop()
 

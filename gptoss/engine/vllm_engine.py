@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -122,7 +123,7 @@ class VLLMEngine(FrontEnd):
             args = engine_args(self._settings, self._model_path(), self._device, self.config)
             if self._device == "cpu":  # read by vLLM's CPU build, in its engine process too
                 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._settings.vllm_cpu_kv_cache_gib:g}")
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.vllm_cpu_kv_cache_gib))
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -253,6 +254,10 @@ def engine_args(settings: Settings, model_path: str, device: str, config: Engine
         "kv_cache_dtype": settings.vllm_kv_cache_dtype,
         "max_num_seqs": config.max_running,
         "max_num_batched_tokens": max(config.max_batched_tokens, 16),
+        # BentoML's arbiter sends SIGTERM to the worker's children too, vLLM's engine process
+        # among them: it then finishes the requests in flight within our grace period instead
+        # of aborting them.
+        "shutdown_timeout": math.ceil(settings.shutdown_grace),
         "disable_log_stats": True,  # our /metrics and access log cover it
         "enable_log_requests": False,
     }

@@ -7,8 +7,12 @@ import threading
 import time
 
 import httpx
+import pytest
 
-from tests.conftest import ADMIN_KEY, RemoteServer
+from tests.conftest import ADMIN_KEY, NO_STOP, RemoteServer
+
+# The end-to-end API suite: it runs on every engine selected with --engines.
+pytestmark = pytest.mark.engines
 
 MODEL = "gpt-oss-20b"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -31,7 +35,7 @@ def wait_for_running(server: RemoteServer, want: float, timeout: float = 15.0) -
 
 
 def test_streaming_disconnect_frees_the_slot(server: RemoteServer):
-    body = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 0, "stream": True}
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 0, "stream": True, "logit_bias": NO_STOP}
     with httpx.Client(timeout=30) as client, client.stream(
         "POST", server.url("/v1/completions"), json=body, headers=AUTH
     ) as r:
@@ -51,7 +55,8 @@ def test_non_streaming_disconnect_frees_the_slot(server: RemoteServer):
         try:
             httpx.post(
                 server.url("/v1/chat/completions"),
-                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100_000},
+                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100_000,
+                      "logit_bias": NO_STOP},
                 headers=AUTH,
                 timeout=2.0,  # the client gives up long before the answer
             )

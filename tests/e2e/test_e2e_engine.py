@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -10,13 +11,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, RemoteServer
+from tests.conftest import ADMIN_KEY, NO_STOP, RemoteServer
+
+# The end-to-end API suite: it runs on every engine selected with --engines.
+pytestmark = pytest.mark.engines
 
 MODEL = "gpt-oss-20b"
 
 
 @pytest.fixture
-def small_server(tmp_path) -> RemoteServer:
+def small_server(engine: str, tmp_path) -> RemoteServer:
     """One running slot and one queue place."""
     srv = RemoteServer(
         {
@@ -26,19 +30,35 @@ def small_server(tmp_path) -> RemoteServer:
             "GPTOSS_SHUTDOWN_GRACE": "60",
         },
         log_path=tmp_path / "server.log",
+        engine=engine,
     )
     yield srv
     srv.stop(signal.SIGKILL)
 
 
-def _stream_in_background(srv: RemoteServer, max_tokens: int, out: dict) -> threading.Thread:
+def _stream_in_background(
+    srv: RemoteServer, max_tokens: int, out: dict, stop: threading.Event | None = None
+) -> threading.Thread:
+    """Stream a completion that cannot stop early; ``out["started"]`` is set at its first chunk.
+
+    With ``stop``, the client closes the stream at the next chunk once it is set.
+    """
+    out["started"] = threading.Event()
+
     def run():
         try:
-            chunks = list(
-                srv.client().completions.create(model=MODEL, prompt="x", max_tokens=max_tokens, temperature=0, stream=True)
-            )
-            out["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
-            out["n"] = len(chunks)
+            finish, n = None, 0
+            with srv.client().completions.create(
+                model=MODEL, prompt="x", max_tokens=max_tokens, temperature=0, stream=True, logit_bias=NO_STOP
+            ) as stream:
+                for chunk in stream:
+                    n += 1
+                    out["started"].set()
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish = chunk.choices[0].finish_reason
+                    if stop is not None and stop.is_set():
+                        break
+            out["finish"], out["n"] = finish, n
         except Exception as exc:  # recorded for the assertion
             out["error"] = exc
 
@@ -47,12 +67,23 @@ def _stream_in_background(srv: RemoteServer, max_tokens: int, out: dict) -> thre
     return t
 
 
+def _wait_for_gauge(srv: RemoteServer, name: str, want: float, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(srv.url("/metrics"), headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+        m = re.search(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
+        if m and float(m.group(1)) == want:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_queue_overflow_is_429_with_retry_after(small_server: RemoteServer):
-    running, queued = {}, {}
-    t1 = _stream_in_background(small_server, 300, running)
-    time.sleep(1.0)
+    running, queued, stop = {}, {}, threading.Event()
+    t1 = _stream_in_background(small_server, 100_000, running, stop)
+    assert running["started"].wait(60)
     t2 = _stream_in_background(small_server, 5, queued)
-    time.sleep(0.5)
+    assert _wait_for_gauge(small_server, "gptoss_queue_depth", 1)  # t2 holds the one queue place
     with pytest.raises(openai.RateLimitError) as info:
         small_server.client().completions.create(model=MODEL, prompt="y", max_tokens=5)
     assert info.value.response.headers["retry-after"]
@@ -62,18 +93,21 @@ def test_queue_overflow_is_429_with_retry_after(small_server: RemoteServer):
                    json={"prompt": "y", "max_tokens": 5}, timeout=30)
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert r.json()["error"]["code"] == "server_overloaded"
+    assert not queued["started"].is_set()  # it waits for the running slot
+    stop.set()  # the running client leaves: its slot goes to the queued request
     t1.join(120)
     t2.join(120)
-    assert running.get("finish") == "length" and queued.get("finish") == "length"  # nothing lost
+    assert "error" not in running and running["n"] > 0, running
+    assert queued.get("finish") == "length", queued  # nothing lost
 
 
 def test_sigterm_drains_in_flight_requests(small_server: RemoteServer):
     import psutil
 
     result: dict = {}
-    t = _stream_in_background(small_server, 200, result)
-    time.sleep(1.0)
-    tree = psutil.Process(small_server.proc.pid).children(recursive=True)  # workers (and engine process)
+    t = _stream_in_background(small_server, 1000, result)
+    assert result["started"].wait(60)
+    tree = psutil.Process(small_server.proc.pid).children(recursive=True)  # workers (and engine processes)
     small_server.proc.send_signal(signal.SIGTERM)
     t.join(120)
     assert "error" not in result, result.get("error")

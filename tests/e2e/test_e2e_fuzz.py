@@ -21,6 +21,9 @@ import pytest
 from tests import openai_schema as S
 from tests.conftest import ADMIN_KEY, RemoteServer
 
+# The end-to-end API suite: it runs on every engine selected with --engines.
+pytestmark = pytest.mark.engines
+
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"
 

@@ -37,6 +37,7 @@ def _chat(prompt: str, **extra) -> dict:
 @pytest.mark.parametrize(
     "poison", [*POISON, WRAPPED_SEED], ids=["logit_bias_overflow", "logit_bias_vocab", "seed_wraps_n2"]
 )
+@pytest.mark.engines
 def test_a_poisoned_request_hurts_nobody(server: RemoteServer, poison: dict):
     """Four streams run; the poisoned request gets a 400 at once; the four finish with full usage."""
     client = server.client()

@@ -9,6 +9,9 @@ import pytest
 
 from tests.conftest import RemoteServer
 
+# The end-to-end API suite: it runs on every engine selected with --engines.
+pytestmark = pytest.mark.engines
+
 MODEL = "gpt-oss-20b"
 MSGS = [{"role": "user", "content": "Tell me something."}]
 WEATHER_TOOL = {
