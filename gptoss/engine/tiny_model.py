@@ -6,7 +6,12 @@ mixture of experts, sliding + full attention, attention sinks) with random weigh
 seed. It is written once to disk with ``save_pretrained`` and then loaded through exactly the
 same ``from_pretrained`` path as the real model.
 
-    python tiny_model.py DIR [--shape test|bench]
+``mxfp4=True`` (the model name ``tiny-mxfp4``) writes the same weights with the MoE experts in
+openai/gpt-oss-20b's own layout instead: MXFP4 ``*_blocks`` and ``*_scales`` (uint8) for each of
+``model.layers.N.mlp.experts.{gate_up_proj,down_proj}``, next to the bf16 ``*_bias`` tensors,
+and the same ``quantization_config`` in config.json.
+
+    python tiny_model.py DIR [--shape test|bench] [--mxfp4]
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ SEED = 1234
 # Marks a finished build; bump when the recipe changes so old caches are rebuilt.
 BUILD_MARKER = "tiny-gpt-oss.json"
 BUILD_VERSION = 1
+TINY_MXFP4 = "tiny-mxfp4"  # GPTOSS_MODEL for the tiny model with MXFP4 experts
+# openai/gpt-oss-20b's config.json "quantization_config".
+QUANTIZATION_CONFIG = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head",
+    ],
+}
 
 SHAPES: dict[str, dict] = {
     # Small enough for fast tests on 2 CPU cores.
@@ -99,11 +112,13 @@ def _write_tokenizer(out: Path, vocab_dir: Path) -> None:
     tok.save_pretrained(out)
 
 
-def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = None) -> Path:
+def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = None, *, mxfp4: bool = False) -> Path:
     """Write the tiny checkpoint to ``out`` unless a finished build of the same recipe is there."""
     out = Path(out)
     marker = out / BUILD_MARKER
     recipe = {"version": BUILD_VERSION, "shape": shape, "seed": SEED}
+    if mxfp4:
+        recipe["experts"] = "mxfp4"
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return out
 
@@ -116,7 +131,8 @@ def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = No
 
         vocab_dir = ensure_vocab(get_settings().cache_dir)
 
-    logger.info("Building tiny random-weight GPT-OSS model (%s shape) in %s", shape, out)
+    experts = "MXFP4" if mxfp4 else "bf16"
+    logger.info("Building tiny random-weight GPT-OSS model (%s shape, %s experts) in %s", shape, experts, out)
     out.mkdir(parents=True, exist_ok=True)
     config = GptOssConfig(
         vocab_size=VOCAB_SIZE,
@@ -135,23 +151,44 @@ def build_tiny_model(out: Path, shape: str = "test", vocab_dir: Path | None = No
     model.generation_config = GenerationConfig(
         bos_token_id=199998, eos_token_id=[200002, 199999, 200012], pad_token_id=199999
     )
-    model.save_pretrained(out, safe_serialization=True)
+    if mxfp4:
+        _save_mxfp4(model, out)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     _write_tokenizer(out, Path(vocab_dir))
     marker.write_text(json.dumps(recipe))
     return out
 
 
-def tiny_model_dir(cache_dir: Path, shape: str = "test") -> Path:
-    return Path(cache_dir) / f"tiny-gpt-oss-{shape}-v{BUILD_VERSION}"
+def _save_mxfp4(model, out: Path) -> None:
+    """The model's weights with each experts tensor quantised to MXFP4 blocks and scales (one file)."""
+    from safetensors.torch import save_file
+
+    from gptoss.kernels.mxfp4 import PROJECTIONS, quantize_mxfp4
+
+    state = dict(model.state_dict())
+    for i in range(model.config.num_hidden_layers):
+        for proj in PROJECTIONS:
+            name = f"model.layers.{i}.mlp.experts.{proj}"
+            state[f"{name}_blocks"], state[f"{name}_scales"] = quantize_mxfp4(state.pop(name))
+    model.config.quantization_config = dict(QUANTIZATION_CONFIG)
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def tiny_model_dir(cache_dir: Path, shape: str = "test", *, mxfp4: bool = False) -> Path:
+    return Path(cache_dir) / f"tiny-gpt-oss-{shape}{'-mxfp4' if mxfp4 else ''}-v{BUILD_VERSION}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="test")
+    parser.add_argument("--mxfp4", action="store_true", help="experts in gpt-oss's MXFP4 layout")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    print(build_tiny_model(args.out, args.shape))  # the path, for scripts
+    print(build_tiny_model(args.out, args.shape, mxfp4=args.mxfp4))  # the path, for scripts
 
 
 if __name__ == "__main__":
