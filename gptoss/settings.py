@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     # --- model -------------------------------------------------------------------------------
     model: str = Field(
         "openai/gpt-oss-20b",
-        description="HF model id, a local model directory, or 'tiny' (offline random-weight test model).",
+        description="HF model id, a local model directory, or 'tiny' (offline random-weight test model; "
+        "'tiny-mxfp4': the same with its experts in gpt-oss's MXFP4 layout).",
     )
     served_model_name: str = Field("gpt-oss-20b", description="Model id clients send and /v1/models lists.")
     cache_dir: Path = Field(
@@ -34,7 +35,10 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="Weights dtype; 'auto' keeps the checkpoint's (MXFP4 on capable GPUs, else bf16)."
+        "auto",
+        description="Weights dtype. 'auto' keeps the checkpoint's: gpt-oss's MXFP4 experts stay MXFP4 on every "
+        "device (each step dequantises the experts it routes to), the rest bf16. 'bfloat16' / 'float32' "
+        "dequantise every expert at load.",
     )
 
     # --- generation defaults ---------------------------------------------------------------------
@@ -151,7 +155,7 @@ class Settings(BaseSettings):
 
     @property
     def is_tiny(self) -> bool:
-        return self.model == "tiny"
+        return self.model in ("tiny", "tiny-mxfp4")
 
 
 # Every logger of this project is a child of "gptoss" (modules log under their package path,
