@@ -24,7 +24,7 @@ from gptoss.api.common.serving import Backend
 from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.auth import AuthMiddleware, install_sighup_handler, validate_auth_config
-from gptoss.engine.loader import build_engine, engine_config
+from gptoss.engine.loader import build_engine, engine_config, loaded_weight_bytes
 from gptoss.harmony.vocab import load_encoding, text_encoding
 from gptoss.observability.access_log import AccessLogMiddleware
 from gptoss.observability.metrics import EngineGauges, TokenTimings
@@ -122,7 +122,10 @@ class GptOss:
         self.engine = build_engine(settings, self._checkpoint)
         self.engine.start()
         self.gauges = EngineGauges(
-            self.engine.stats, settings.served_model_name, kv_capacity=self.engine.config.kv_cache_tokens
+            self.engine.stats,
+            settings.served_model_name,
+            kv_capacity=self.engine.config.kv_cache_tokens,
+            weight_bytes=loaded_weight_bytes,
         )
         self.gauges.start()
         self.backend = Backend(

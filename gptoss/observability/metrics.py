@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,7 @@ class Metrics:
     running: Any
     kv_cache_tokens: Any
     kv_cache_capacity: Any
+    model_weight_bytes: Any
 
     @classmethod
     def create(cls, registry: Any = None) -> Metrics:
@@ -115,6 +116,11 @@ class Metrics:
             kv_cache_capacity=prom.Gauge(
                 "gptoss_kv_cache_capacity_tokens", "KV-cache budget in tokens (GPTOSS_KV_CACHE_TOKENS).", ["model"],
                 multiprocess_mode="livesum", **reg,
+            ),
+            model_weight_bytes=prom.Gauge(
+                "gptoss_model_weight_bytes",
+                "Bytes of model weights held in memory, by format (mxfp4: the experts' blocks and scales; bf16, ...).",
+                ["model", "format"], multiprocess_mode="livesum", **reg,
             ),
         )
 
@@ -171,6 +177,8 @@ class TokenTimings:
 class EngineGauges:
     """Copies ``Engine.stats()`` into the gauges, every ``interval`` seconds on a daemon thread.
 
+    ``weight_bytes()`` (bytes by format, empty until the model is loaded) fills the weights gauge once.
+
     A thread rather than the event loop: ``stats()`` takes the engine's lock, which the engine
     thread may hold during a step, and ``/metrics`` must never stall generation or vice versa.
     """
@@ -183,9 +191,13 @@ class EngineGauges:
         kv_capacity: int | None = None,
         metrics: Metrics | None = None,
         interval: float = 1.0,
+        weight_bytes: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         m = metrics or get_metrics()
         self._stats = stats
+        self._weight_bytes = weight_bytes
+        self._weights = m.model_weight_bytes
+        self._model = model
         self._queue = m.queue_depth.labels(model)
         self._running = m.running.labels(model)
         self._kv = m.kv_cache_tokens.labels(model)
@@ -203,6 +215,11 @@ class EngineGauges:
         self._kv.set(s.kv_tokens)
         if getattr(s, "kv_capacity", 0):  # known once the engine has sized it after loading
             self._kv_capacity.set(s.kv_capacity)
+        sizes = self._weight_bytes() if self._weight_bytes is not None else None
+        if sizes:  # known once the model is loaded, then fixed
+            for fmt, n in sizes.items():
+                self._weights.labels(self._model, fmt).set(n)
+            self._weight_bytes = None
 
     def start(self) -> None:
         def run() -> None:
