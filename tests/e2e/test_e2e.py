@@ -152,6 +152,12 @@ def test_malformed_bodies_are_400(server: RemoteServer, raw: bytes):
 
 
 def test_health_answers_during_long_generation(server: RemoteServer):
+    if server.engine == "vllm":
+        pytest.skip(
+            "measures our engine thread (it must never hold up the event loop); vLLM's CPU build pins its "
+            "engine and worker processes to the host's cores and, on a 2-core host, starves every other "
+            "process (this test's client included) for seconds while it warms up"
+        )
     body = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 0, "stream": True,
             "logit_bias": NO_STOP}
     latencies = []
