@@ -28,6 +28,7 @@ from gptoss.engine.loader import build_engine, engine_config, loaded_weight_byte
 from gptoss.harmony.vocab import load_encoding, text_encoding
 from gptoss.observability.access_log import AccessLogMiddleware
 from gptoss.observability.metrics import EngineGauges, TokenTimings
+from gptoss.routes import GENERATION_PATHS
 from gptoss.settings import Settings, configure_logging, get_settings
 
 logger = logging.getLogger("gptoss")
@@ -100,6 +101,9 @@ _ENGINE = getattr(bentoml.use_arguments(), "engine", None) or _SETTINGS.engine
     # BentoML's HTTP metrics label series with the raw request path: anyone could grow /metrics
     # without bound. metrics.py serves ours (bounded labels) on /metrics instead.
     metrics={"enabled": False},
+    # BentoML's tracing middleware opens a span for every chunk a response sends, i.e. for every
+    # streamed token; the generation routes skip it unless GPTOSS_TRACE_GENERATION asks for it.
+    tracing={} if _SETTINGS.trace_generation else {"excluded_urls": list(GENERATION_PATHS)},
 )
 @bentoml.asgi_app(openai_app, path="/")
 class GptOss:

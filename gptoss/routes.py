@@ -20,6 +20,7 @@ class Route:
     permission: str | None = None  # what a key needs ("key" routes); None = any valid key
     prefix: bool = False
     label: str | None = None  # the metrics ``endpoint`` label; None = the path
+    streams: bool = False  # generates tokens (and may stream them, a chunk per token)
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) and len(path) > len(self.path) if self.prefix else path == self.path
@@ -30,11 +31,11 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("/v1/chat/completions", "key", "chat"),
-    Route("/v1/completions", "key", "completions"),
+    Route("/v1/chat/completions", "key", "chat", streams=True),
+    Route("/v1/completions", "key", "completions", streams=True),
     Route("/v1/models", "key", "models"),
     Route("/v1/models/", "key", "models", prefix=True, label="/v1/models/{model}"),
-    Route("/generate", "key", "generate"),
+    Route("/generate", "key", "generate", streams=True),
     Route("/health", "probe"),
     Route("/healthz", "probe"),
     Route("/livez", "probe"),
@@ -49,6 +50,10 @@ ROUTES: tuple[Route, ...] = (
     Route("/assets/", "docs", prefix=True),
     Route("/schema.json", "key"),  # BentoML's Python client reads it first
 )
+
+
+#: The routes that generate: BentoML's per-chunk tracing spans are left off them unless asked for.
+GENERATION_PATHS: tuple[str, ...] = tuple(r.path for r in ROUTES if r.streams)
 
 
 def find_route(path: str) -> Route | None:

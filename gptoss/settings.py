@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="Debug: include prompts and outputs in logs.")
     access_log: bool = Field(True, description="One 'gptoss.access' log line per API request.")
     access_log_format: Literal["logfmt", "json"] = Field("logfmt", description="Format of the access log lines.")
+    trace_generation: bool = Field(
+        False,
+        description="BentoML's OpenTelemetry spans on the generation routes too (one span per streamed "
+        "chunk: CPU on every token); on only where traces are exported.",
+    )
 
     # --- advanced: kernel speed-ups (exact; the defaults suit every device) ---------------------
     cpu_prepack: bool = Field(True, description="CPU: prepack the output projection for oneDNN (exact, faster).")

@@ -9,6 +9,7 @@ drains exactly the same pieces into one response, so both give the same answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -326,6 +327,39 @@ class ChatHandler:
 
 
 @dataclass
+class TextChunk:
+    """The SSE line of a chunk whose delta is only text (content, reasoning, refusal): most of a stream.
+
+    The same JSON as :class:`ChatCompletionChunk` would give (a test holds them equal), built from
+    a fixed head and tail around the delta instead of validating and serialising a model per token.
+    """
+
+    #: ChoiceDelta's text fields, in its field order (the JSON keeps that order).
+    FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+    def __init__(self, id: str, created: int, model: str) -> None:
+        self._head = 'data: {"id":' + _json(id) + ',"choices":[{"index":'
+        self._tail = (
+            ',"logprobs":null,"finish_reason":null}],"created":'
+            + str(created)
+            + ',"model":'
+            + _json(model)
+            + ',"object":"chat.completion.chunk","usage":null}\n\n'
+        )
+
+    def __call__(self, index: int, delta: dict[str, Any]) -> str | None:
+        """The line for ``delta``, or None when it holds more than text (the caller uses the model)."""
+        if not delta or any(k not in self.FIELDS or not isinstance(v, str) for k, v in delta.items()):
+            return None
+        ordered = {k: delta[k] for k in self.FIELDS if k in delta}
+        return self._head + str(index) + ',"delta":' + _json(ordered) + self._tail
+
+
+def _json(value: Any) -> str:
+    """Compact JSON, non-ASCII kept as is: what pydantic's ``model_dump_json`` writes."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 class ChatJob(Job):
     request: ChatCompletionRequest
     runs: list[ChoiceRun]
@@ -407,10 +441,14 @@ class ChatJob(Job):
                 }
             ).to_sse()
 
+        text_chunk = TextChunk(self.id, self.created, self.model)
         try:
             for r in self.runs:
                 yield chunk([{"index": r.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             async for piece in merge_streams([r.pieces() for r in self.runs]):
+                if piece.logprobs is None and (fast := text_chunk(piece.index, piece.delta)) is not None:
+                    yield fast
+                    continue
                 choice: dict[str, Any] = {"index": piece.index, "delta": piece.delta, "finish_reason": None}
                 if piece.logprobs is not None:
                     choice["logprobs"] = {"content": piece.logprobs}
