@@ -35,8 +35,6 @@ logger = logging.getLogger("gptoss")
 
 #: Not needed to serve: the original (unconverted) checkpoint and the Apple Metal weights.
 HF_MODEL_EXCLUDE = ("original/*", "metal/*")
-#: The vLLM Bento's default GPU: gpt-oss-20b in MXFP4 plus KV cache fits one 24 GB L4.
-VLLM_GPU_TYPE = "nvidia-l4"
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -56,14 +54,13 @@ def hf_model_ref(settings: Settings) -> bentoml.models.HuggingFaceModel | None:
 def service_resources(settings: Settings, engine: str) -> dict[str, Any]:
     """What one replica asks for, recorded in the Bento by ``bentoml build``.
 
-    Our engine: one GPU of ``GPTOSS_GPU_TYPE`` (80 GB: it runs the experts in bf16). vLLM: one GPU
-    per tensor-parallel shard (``GPTOSS_VLLM_TENSOR_PARALLEL_SIZE``), by default 24 GB L4s, since
-    vLLM runs gpt-oss-20b's MXFP4 weights (~13 GB) as published.
+    GPUs of ``GPTOSS_GPU_TYPE``, by default a 24 GB L4: both engines keep gpt-oss-20b's MoE
+    experts in MXFP4 as published (13.8 GB of weights; ours adds a 1.6 GB dequantisation buffer)
+    and size the KV cache from what is left (README, GPU sizing). Our engine: one GPU. vLLM: one
+    per tensor-parallel shard (``GPTOSS_VLLM_TENSOR_PARALLEL_SIZE``).
     """
-    if engine == "vllm":
-        gpu_type = settings.gpu_type if "gpu_type" in settings.model_fields_set else VLLM_GPU_TYPE
-        return {"gpu": settings.vllm_tensor_parallel_size, "gpu_type": gpu_type}
-    return {"gpu": 1, "gpu_type": settings.gpu_type}
+    gpus = settings.vllm_tensor_parallel_size if engine == "vllm" else 1
+    return {"gpu": gpus, "gpu_type": settings.gpu_type}
 
 
 def traffic_concurrency(settings: Settings) -> int:
@@ -91,8 +88,8 @@ _ENGINE = getattr(bentoml.use_arguments(), "engine", None) or _SETTINGS.engine
 @bentoml.service(
     name="gpt-oss",
     http={"port": 8000},
-    # Our image runs the experts in bf16 (~42 GB; MXFP4 kernels are not installable yet), so an
-    # 80 GB GPU; the vLLM image runs MXFP4, so a 24 GB L4 per shard (deploy/README.md).
+    # Both images keep the experts in MXFP4 (13.8 GB of weights): a 24 GB L4, one per vLLM shard
+    # (README's GPU sizing, deploy/README.md).
     resources=service_resources(_SETTINGS, _ENGINE),
     # BentoML's own timeout sits above ours, so a client sees our OpenAI-shaped answer, not a cut.
     traffic={"timeout": _SETTINGS.request_timeout + 30, "concurrency": traffic_concurrency(_SETTINGS)},

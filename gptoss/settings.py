@@ -90,9 +90,9 @@ class Settings(BaseSettings):
 
     # --- packaging (read when `bentoml build` imports service.py; recorded in the Bento) ------------
     gpu_type: str = Field(
-        "nvidia-a100-80gb",
-        description="BentoCloud GPU type in the Bento's resources, read by `bentoml build`: this default (80 GB, "
-        "bf16 experts) for our engine; for the vLLM Bento (MXFP4) 'nvidia-l4' unless this is set.",
+        "nvidia-l4",
+        description="BentoCloud GPU type in the Bento's resources, read by `bentoml build`, for both Bentos: "
+        "the default, 24 GB, holds gpt-oss-20b with MXFP4 experts and its KV cache (README, GPU sizing).",
     )
 
     # --- auth --------------------------------------------------------------------------------------
