@@ -31,7 +31,7 @@ def model_line(index: int, delta: dict) -> str:
     "keys", [("content",), ("reasoning_content", "reasoning"), ("reasoning", "reasoning_content"), ("refusal",)]
 )
 def test_text_chunks_equal_the_models_json(text: str, keys: tuple[str, ...]):
-    delta = {k: text for k in keys}
+    delta = dict.fromkeys(keys, text)
     fast = TextChunk("chatcmpl-abc", 1700000000, "gpt-oss-20b")(3, delta)
     assert fast == model_line(3, delta)
     assert json.loads(fast[len("data: "):])["choices"][0]["delta"] == delta
