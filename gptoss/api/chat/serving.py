@@ -326,7 +326,6 @@ class ChatHandler:
         return ChatJob(req, runs, len(prompt), b.settings.served_model_name, hold)
 
 
-@dataclass
 class TextChunk:
     """The SSE line of a chunk whose delta is only text (content, reasoning, refusal): most of a stream.
 
@@ -360,6 +359,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+@dataclass
 class ChatJob(Job):
     request: ChatCompletionRequest
     runs: list[ChoiceRun]
