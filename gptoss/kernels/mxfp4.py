@@ -45,18 +45,27 @@ SCALE_BIAS = 127  # E8M0: scale = 2 ** (byte - 127)
 PROJECTIONS = ("gate_up_proj", "down_proj")
 MXFP4 = "mxfp4"  # the format label of the blocks and scales in weight_bytes()
 
-_TABLES: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+# Integers as wide as two values of a dtype, so that one gather moves a byte's two values.
+_PAIR_INTS = {2: torch.int32, 4: torch.int64}
+CHUNK_BYTES = 1 << 18  # blocks dequantised at a time: their index and values stay in cache
 
 
-def _tables(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per byte: its two FP4 values (low nibble first), and per scale byte: 2 ** (byte - 127)."""
+def _table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Per (scale byte s, code byte b), at ``s << 8 | b``: b's two FP4 values (low nibble first) times
+    2 ** (s - 127), rounded once to ``dtype``. One element a pair (an integer twice ``dtype``'s width)
+    where such an integer exists, else a row of two."""
     key = (device, dtype)
     if key not in _TABLES:
         fp4 = torch.tensor(FP4_VALUES, dtype=torch.float32)
         byte = torch.arange(256)
-        pairs = torch.stack((fp4[byte & 0x0F], fp4[byte >> 4]), dim=-1)
-        powers = torch.ldexp(torch.ones(256), byte - SCALE_BIAS)  # exact in float32, 2**-127 included
-        _TABLES[key] = (pairs.to(device=device, dtype=dtype), powers.to(device=device, dtype=dtype))
+        pairs = torch.stack((fp4[byte & 0x0F], fp4[byte >> 4]), dim=-1).to(dtype)
+        powers = torch.ldexp(torch.ones(256), byte - SCALE_BIAS).to(dtype)  # exact in float32, 2**-127 included
+        table = (powers.view(256, 1, 1) * pairs).view(256 * 256, 2)  # [scale, byte] flattened, then the pair
+        wide = _PAIR_INTS.get(table.element_size())
+        if wide is not None:
+            table = table.view(wide).view(-1)
+        _TABLES[key] = table.contiguous().to(device)
     return _TABLES[key]
 
 
@@ -66,14 +75,17 @@ def dequantize_mxfp4(
     *,
     out: torch.Tensor | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    chunk_bytes: int = 1 << 24,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> torch.Tensor:
     """MXFP4 ``blocks`` [..., R, G, 16] and ``scales`` [..., R, G] to [..., G * 32, R] (input-major).
 
     The layout and the bits of transformers' ``convert_moe_packed_tensors``: each FP4 value times
     its block's power of two, rounded once to ``dtype`` (exact unless it overflows). Written into
-    ``out`` when given (contiguous, that shape); the work goes a few experts at a time, so the
-    temporaries stay near ``chunk_bytes`` of blocks.
+    ``out`` when given (contiguous, that shape). Each code byte and its scale byte index one entry
+    of a table holding every (scale, byte) pair's two values, so a byte costs one int32-indexed
+    gather and no arithmetic; the table was computed by the same rounding, so the bits are the
+    same. The work goes about ``chunk_bytes`` of blocks at a time (whole experts, or rows of one
+    expert), so the index and the gathered values stay in cache until they are transposed into ``out``.
     """
     *lead, rows, groups, width = blocks.shape
     if tuple(scales.shape) != (*lead, rows, groups):
@@ -83,15 +95,26 @@ def dequantize_mxfp4(
     if out is None:
         out = torch.empty(*lead, cols, rows, dtype=dtype, device=blocks.device)
     flat = out.view(n, cols, rows)
-    pairs, powers = _tables(blocks.device, flat.dtype)
+    table = _table(blocks.device, flat.dtype)
     blocks = blocks.reshape(n, rows, groups, width)
     scales = scales.reshape(n, rows, groups)
-    step = max(1, chunk_bytes // max(1, rows * groups * width))
-    for e0 in range(0, n, step):
-        e1 = min(n, e0 + step)
-        values = pairs[blocks[e0:e1].int()].view(e1 - e0, rows, groups, 2 * width)
-        values = values * powers[scales[e0:e1].int()].unsqueeze(-1)
-        flat[e0:e1].copy_(values.view(e1 - e0, rows, cols).transpose(1, 2))
+    per_expert = rows * groups * width
+    if per_expert <= chunk_bytes:  # whole experts a chunk
+        e_step, r_step = max(1, chunk_bytes // max(1, per_expert)), rows
+    else:  # rows of one expert a chunk
+        e_step, r_step = 1, max(1, chunk_bytes // max(1, groups * width))
+    e_step = min(e_step, n)
+    index = torch.empty(e_step * r_step * groups * width, dtype=torch.int32, device=blocks.device)
+    values = torch.empty(index.numel(), *table.shape[1:], dtype=table.dtype, device=blocks.device)
+    for e0 in range(0, n, e_step):
+        k = min(n, e0 + e_step) - e0
+        for r0 in range(0, rows, r_step):
+            m = min(rows, r0 + r_step) - r0
+            count = k * m * groups * width
+            codes, exps = blocks[e0 : e0 + k, r0 : r0 + m], scales[e0 : e0 + k, r0 : r0 + m]
+            idx = torch.bitwise_or(codes, (exps.int() << 8).unsqueeze(-1), out=index[:count].view(codes.shape))
+            got = torch.index_select(table, 0, idx.view(-1), out=values[:count])
+            flat[e0 : e0 + k, :, r0 : r0 + m].copy_(got.view(flat.dtype).view(k, m, cols).transpose(1, 2))
     return out
 
 
@@ -194,13 +217,20 @@ class Mxfp4Experts(torch.nn.Module):
         """Experts ``ids`` (sorted; all when None) dequantised into the scratch buffer."""
         if self.scratch is None or not self.scratch.fits(self):
             self.scratch = new_scratch(self)
-        tensors = [getattr(self, f"{p}_{part}") for p in PROJECTIONS for part in ("blocks", "scales", "bias")]
+        gu_bias, d_bias = self.gate_up_proj_bias, self.down_proj_bias
+        n = self.num_experts if ids is None else ids.numel()
         if ids is not None:
-            tensors = [t.index_select(0, ids) for t in tensors]
-        gu_blocks, gu_scales, gu_bias, d_blocks, d_scales, d_bias = tensors
-        n = gu_blocks.shape[0]
-        gate_up = dequantize_mxfp4(gu_blocks, gu_scales, out=self.scratch.gate_up[:n])
-        down = dequantize_mxfp4(d_blocks, d_scales, out=self.scratch.down[:n])
+            gu_bias, d_bias = gu_bias.index_select(0, ids), d_bias.index_select(0, ids)
+        gate_up, down = self.scratch.gate_up[:n], self.scratch.down[:n]
+        for proj, into in zip(PROJECTIONS, (gate_up, down)):
+            blocks, scales = getattr(self, f"{proj}_blocks"), getattr(self, f"{proj}_scales")
+            if ids is None:
+                dequantize_mxfp4(blocks, scales, out=into)
+            elif blocks[0].nbytes <= CHUNK_BYTES:  # small experts: gathered, then done together
+                dequantize_mxfp4(blocks.index_select(0, ids), scales.index_select(0, ids), out=into)
+            else:  # each routed expert straight from its own blocks, with no copy of them
+                for slot, e in enumerate(ids.tolist()):
+                    dequantize_mxfp4(blocks[e], scales[e], out=into[slot])
         return DequantizedExperts(self, gate_up, gu_bias, down, d_bias)
 
     def forward(

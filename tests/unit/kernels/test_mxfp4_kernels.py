@@ -64,6 +64,47 @@ def test_dequantize_in_chunks_into_a_scratch_slice():
     assert scratch[5:].isnan().all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dequantize_to_wider_dtypes_matches_transformers(dtype):
+    """float32 moves a byte's two values as one int64; float64 (no integer that wide) as a row of two."""
+    blocks = torch.arange(256, dtype=torch.uint8).repeat(255, 1).view(1, 255, 16, 16)
+    scales = torch.arange(255, dtype=torch.uint8).view(1, 255, 1).expand(1, 255, 16).contiguous()
+    ours = dequantize_mxfp4(blocks, scales, dtype=dtype)
+    assert ours.dtype == dtype
+    assert torch.equal(ours, convert_moe_packed_tensors(blocks, scales, dtype=dtype))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 48 * 5, 64 * 48 - 1, 64 * 48 * 3])
+def test_dequantize_chunked_by_rows_or_by_experts_gives_the_same_bits(chunk_bytes):
+    """Chunks of a row, of a few rows (the last one short), of one expert, of several experts."""
+    gen = torch.Generator().manual_seed(2)
+    blocks = torch.randint(0, 256, (2, 2, 64, 3, 16), generator=gen, dtype=torch.uint8)
+    scales = torch.randint(0, 256, (2, 2, 64, 3), generator=gen, dtype=torch.uint8)
+    ours = dequantize_mxfp4(blocks, scales, chunk_bytes=chunk_bytes)
+    assert ours.shape == (2, 2, 96, 64)
+    assert torch.equal(bits(ours), bits(dequantize_mxfp4(blocks, scales, chunk_bytes=1 << 30)))
+    finite = scales.clamp(max=254)  # 255 is NaN in E8M0; transformers gives it no meaning
+    assert torch.equal(bits(dequantize_mxfp4(blocks, finite, chunk_bytes=chunk_bytes)),
+                       bits(convert_moe_packed_tensors(blocks.view(4, 64, 3, 16), finite.view(4, 64, 3)).view(2, 2, 96, 64)))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 64])
+def test_routed_experts_dequantise_from_their_own_blocks(monkeypatch, chunk_bytes):
+    """Experts larger than a chunk are read where they lie, smaller ones gathered first: the same bits."""
+    import gptoss.kernels.mxfp4 as mxfp4
+
+    monkeypatch.setattr(mxfp4, "CHUNK_BYTES", chunk_bytes)
+    mx, _ = mxfp4_copy(random_experts(8, 2, hidden=64))
+    ids = torch.tensor([1, 4, 7])
+    view = mx.dequantized(ids)
+    for proj in ("gate_up_proj", "down_proj"):
+        blocks, scales = getattr(mx, f"{proj}_blocks"), getattr(mx, f"{proj}_scales")
+        expected = dequantize_mxfp4(blocks[ids], scales[ids])
+        assert torch.equal(bits(getattr(view, proj)), bits(expected))
+        assert torch.equal(getattr(view, f"{proj}_bias"), getattr(mx, f"{proj}_bias")[ids])
+    assert view.gate_up_proj.data_ptr() == mx.scratch.gate_up.data_ptr()
+
+
 def test_quantize_is_deterministic_and_within_half_a_step():
     w = (torch.randn(3, 128, 64, generator=torch.Generator().manual_seed(1)) * 0.05).to(torch.bfloat16)
     blocks, scales = quantize_mxfp4(w)
