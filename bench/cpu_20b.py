@@ -12,10 +12,12 @@ text is not.
 Through the engine's ``ModelRunner`` (the same prefill and decode calls the engine makes), for
 each stream count: prefill of the streams' prompts (``--prompt-len`` random tokens each), then
 greedy decode steps, all rows together, through the stock decode forward unless --lean-decode.
-Reports tokens/s, ms per step, and the process's peak resident memory (RSS).
+Reports tokens/s, ms per step, and the process's peak resident memory (RSS). First, and alone
+with --dequant-only, it times one MoE layer's per-step dequantisation of 4 routed experts.
 
     python bench/cpu_20b.py                                       # needs ~17 GB of free RAM
     python bench/cpu_20b.py --streams 1,4 --decode-steps 8 --out cpu_20b.json
+    python bench/cpu_20b.py --dequant-only                        # the dequantisation alone, seconds
 
 Not a test: figures depend on the machine. Results go to stdout and, with --out, to a JSON file
 rewritten after each stream count (so a run cut short still leaves what it measured).
@@ -113,6 +115,52 @@ def build_model(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     return model, info
 
 
+def time_dequantize(experts: int = 4, reps: int = 5, dequantize: Any = None, seed: int = 0) -> dict[str, Any]:
+    """One MoE layer's per-step work before its kernel: ``experts`` full-size experts (gate_up and
+    down, random codes, the scale bytes above) dequantised into their scratch slices. Median seconds
+    of ``reps`` after one warm-up, ours (or ``dequantize``, same signature) and, for reference,
+    transformers' ``convert_moe_packed_tensors`` (which allocates its result)."""
+    import torch
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from gptoss.engine.sizing import gpt_oss_20b_config
+    from gptoss.kernels.mxfp4 import BLOCK, ExpertsScratch, dequantize_mxfp4
+
+    dequantize = dequantize or dequantize_mxfp4
+    config = gpt_oss_20b_config()
+    h, i = config.hidden_size, config.intermediate_size
+    gen = torch.Generator().manual_seed(seed)
+
+    def packed(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = torch.randint(0, 256, (experts, rows, cols // BLOCK, BLOCK // 2), generator=gen, dtype=torch.uint8)
+        scales = torch.randint(*SCALE_BYTES, (experts, rows, cols // BLOCK), generator=gen, dtype=torch.uint8)
+        return blocks, scales
+
+    (gu_b, gu_s), (d_b, d_s) = packed(2 * i, h), packed(h, i)
+    scratch = ExpertsScratch(experts, h, i, torch.bfloat16, "cpu")
+
+    def ours() -> None:
+        dequantize(gu_b, gu_s, out=scratch.gate_up)
+        dequantize(d_b, d_s, out=scratch.down)
+
+    def theirs() -> None:
+        convert_moe_packed_tensors(gu_b, gu_s)
+        convert_moe_packed_tensors(d_b, d_s)
+
+    timings: dict[str, list[float]] = {"ours": [], "transformers": []}
+    for _ in range(reps + 1):  # interleaved, so both see the same machine; the first round warms up
+        for name, fn in (("ours", ours), ("transformers", theirs)):
+            t = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - t)
+    return {
+        "experts": experts,
+        "blocks_mb": round((gu_b.nbytes + d_b.nbytes) / 1e6, 1),
+        "bf16_mb": round(scratch.nbytes / 1e6, 1),
+        **{f"{name}_s": round(statistics.median(ts[1:]), 4) for name, ts in timings.items()},
+    }
+
+
 def random_prompts(n: int, length: int, seed: int = 7) -> list[list[int]]:
     """Distinct random prompts of ordinary tokens, so each row routes its own experts."""
     rng = random.Random(seed)
@@ -162,6 +210,8 @@ def main() -> None:
     ap.add_argument("--lean-decode", action="store_true",
                     help="the engine's lean decode step (GPTOSS_LEAN_DECODE); its start-up agreement check runs "
                     "prefills and decode steps of its own, minutes here, and it saves Python overhead only")
+    ap.add_argument("--dequant-only", action="store_true",
+                    help="only time dequantising one layer's 4 routed experts (no model is built; ~1 GB of RAM)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results file, rewritten after each stream count")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -173,6 +223,11 @@ def main() -> None:
 
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))  # as the loader does on a CPU
+    dequant = time_dequantize()
+    logger.info("Dequantising 4 experts (gate_up and down): %s", dequant)
+    if args.dequant_only:
+        print(json.dumps(dequant, indent=2))
+        return
     results: dict[str, Any] = {
         "model": "gpt-oss-20b config, random weights, MXFP4 experts",
         "cpu": platform.processor() or platform.machine(),
@@ -181,6 +236,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    results["dequantize_4_experts"] = dequant
     model, results["build"] = build_model()
     t0 = time.perf_counter()
     runner = ModelRunner(model, lean_decode=args.lean_decode)  # with it, checks the lean step as the engine does
