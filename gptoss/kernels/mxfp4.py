@@ -48,7 +48,7 @@ MXFP4 = "mxfp4"  # the format label of the blocks and scales in weight_bytes()
 _TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 # Integers as wide as two values of a dtype, so that one gather moves a byte's two values.
 _PAIR_INTS = {2: torch.int32, 4: torch.int64}
-CHUNK_BYTES = 1 << 18  # blocks dequantised at a time: their index and values stay in cache
+CHUNK_BYTES = 1 << 21  # blocks dequantised at a time: few enough calls per expert, their temporaries in cache
 
 
 def _table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -85,7 +85,9 @@ def dequantize_mxfp4(
     of a table holding every (scale, byte) pair's two values, so a byte costs one int32-indexed
     gather and no arithmetic; the table was computed by the same rounding, so the bits are the
     same. The work goes about ``chunk_bytes`` of blocks at a time (whole experts, or rows of one
-    expert), so the index and the gathered values stay in cache until they are transposed into ``out``.
+    expert), so the temporaries (the index and the gathered values, 4 bytes each a code byte) stay
+    small, yet each chunk is large enough that a CPU shared with other work is not stalled by many
+    short parallel calls.
     """
     *lead, rows, groups, width = blocks.shape
     if tuple(scales.shape) != (*lead, rows, groups):
