@@ -105,7 +105,7 @@ def test_sigterm_drains_in_flight_requests(small_server: RemoteServer):
     import psutil
 
     result: dict = {}
-    t = _stream_in_background(small_server, 1000, result)
+    t = _stream_in_background(small_server, 300, result)
     assert result["started"].wait(60)
     tree = psutil.Process(small_server.proc.pid).children(recursive=True)  # workers (and engine processes)
     small_server.proc.send_signal(signal.SIGTERM)
