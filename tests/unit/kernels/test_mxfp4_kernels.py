@@ -9,6 +9,7 @@ from transformers import GptOssConfig
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
 
+from gptoss.engine.sizing import GPT_OSS_20B  # openai/gpt-oss-20b's config.json
 from gptoss.engine.tiny_model import QUANTIZATION_CONFIG
 from gptoss.kernels.cpu import DENSE_EXPERTS, random_routing
 from gptoss.kernels.gpu import STEP_SIZED_EXPERTS
@@ -22,21 +23,6 @@ from gptoss.kernels.mxfp4 import (
     quantize_mxfp4,
 )
 from tests.conftest import random_experts
-
-# openai/gpt-oss-20b's config.json (transformers' GptOssConfig defaults are gpt-oss-120b's: 36 layers, 128 experts).
-GPT_OSS_20B = dict(
-    num_hidden_layers=24,
-    num_local_experts=32,
-    num_experts_per_tok=4,
-    hidden_size=2880,
-    intermediate_size=2880,
-    vocab_size=201088,
-    num_attention_heads=64,
-    num_key_value_heads=8,
-    head_dim=64,
-    sliding_window=128,
-    tie_word_embeddings=False,
-)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
