@@ -180,9 +180,7 @@ class VLLMEngine(FrontEnd):
     # --- submission (event loop side) --------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> TokenStream:
         with self._lock:
-            waiting = max(0, len(self._inflight) - self.config.max_running)
-        self._admit(waiting)
-        with self._lock:
+            self._admit(max(0, len(self._inflight) - self.config.max_running))  # raises: 429, 503
             self._inflight[request.request_id] = len(request.prompt_ids)
             self._received += 1
             self._prompt_tokens += len(request.prompt_ids)
