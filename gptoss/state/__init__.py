@@ -35,10 +35,19 @@ class StoredResponse:
     history: list[dict[str, Any]]
 
 
+class ResponseStoreError(RuntimeError):
+    """The store cannot be opened, read or written; the message says why (never a password).
+
+    Raised by every backend instead of its own exception types, so the API maps one type (a 503:
+    the request may succeed later) and never needs to know whether SQLite or Redis is behind it.
+    """
+
+
 class ResponseStore(Protocol):
     """Where stored responses live. Writes are durable when ``put`` returns."""
 
-    async def put(self, record: StoredResponse) -> None: ...
+    async def put(self, record: StoredResponse) -> None:
+        """Store (or replace) the record. Raises ResponseStoreError when it cannot be written."""
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None:
         """The record, or None when it does not exist, has expired or belongs to another owner."""
