@@ -21,6 +21,7 @@ from gptoss.api.errors import api_error_from
 from gptoss.engine.types import EngineProtocol, RequestStream, TokenEvent
 from gptoss.errors import APIError
 from gptoss.settings import Settings
+from gptoss.state import ResponseStore
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class Backend:
     random_weights: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
     observer: TokenObserver | None = None  # token timings for the metrics
+    # Stored Responses API responses (gptoss.state); the service opens it at start, closes it at shutdown.
+    store: ResponseStore | None = None
 
 
 # --------------------------------------------------------------------------------------------------
