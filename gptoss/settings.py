@@ -116,6 +116,29 @@ class Settings(BaseSettings):
         "off: every key is counted under '-'.",
     )
 
+    # --- stored responses (Responses API) ------------------------------------------------------------
+    state_dir: Path = Field(
+        Path.home() / ".local" / "state" / "gptoss",
+        description="Directory of the SQLite database of stored responses (`store: true`), created if missing. "
+        "Keep it on a persistent local disk (a volume in a container); unused when GPTOSS_STATE_URL is set.",
+    )
+    state_url: str = Field(
+        "",
+        description="'redis://host:port/db' (rediss://, unix://): keep stored responses in Redis, shared by every "
+        "replica (durable as that Redis is configured). Empty: SQLite in GPTOSS_STATE_DIR.",
+    )
+    state_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days a stored response can be read back and continued (OpenAI keeps 30); older ones are deleted.",
+    )
+    state_max_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Cap on the stored responses' size (their JSON bytes); past it the oldest are deleted first "
+        "(0 = no cap).",
+    )
+
     # --- logging -----------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Level of this project's loggers.")
     log_prompts: bool = Field(False, description="Debug: include prompts and outputs in logs.")
@@ -150,6 +173,13 @@ class Settings(BaseSettings):
     def _known_limits_store(cls, value: str) -> str:
         if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be 'memory' or a redis:// (rediss://, unix://) URL")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _known_state_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (SQLite in GPTOSS_STATE_DIR) or a redis:// (rediss://, unix://) URL")
         return value
 
     @field_validator("keys_file", mode="before")
