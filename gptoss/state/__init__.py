@@ -13,8 +13,13 @@ someone else's id exists.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from gptoss.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,40 @@ class ResponseStore(Protocol):
         """Whether a record of this owner was deleted."""
 
     async def close(self) -> None: ...
+
+
+def open_response_store(settings: Settings) -> ResponseStore:
+    """The store the settings name: Redis at ``GPTOSS_STATE_URL``, else SQLite in ``GPTOSS_STATE_DIR``.
+
+    Synchronous, for start-up: raises ResponseStoreError, with the setting to fix, when the
+    directory cannot be written or Redis cannot be reached.
+    """
+    retention = settings.state_retention_days * 86400
+    if settings.state_url:
+        from gptoss.state.redis import RedisResponseStore, redacted
+
+        store = RedisResponseStore(settings.state_url, retention_seconds=retention, max_bytes=settings.state_max_bytes)
+        try:
+            store.check()
+        except ResponseStoreError as exc:
+            raise ResponseStoreError(f"GPTOSS_STATE_URL: {exc}. Check the URL and that Redis is running.") from exc
+        logger.info("Stored responses are kept in %s", redacted(settings.state_url))
+        return store
+    from gptoss.state.sqlite import SQLiteResponseStore
+
+    try:
+        return SQLiteResponseStore(settings.state_dir, retention_seconds=retention, max_bytes=settings.state_max_bytes)
+    except ResponseStoreError as exc:
+        raise ResponseStoreError(
+            f"GPTOSS_STATE_DIR: {exc}. Make the directory writable by the server's user (uid 1034 in the "
+            "container), point GPTOSS_STATE_DIR elsewhere, or set GPTOSS_STATE_URL=redis://..."
+        ) from exc
+
+
+def check_response_store(settings: Settings) -> None:
+    """The start-up check of :func:`open_response_store`, without keeping the store open."""
+    store = open_response_store(settings)
+    # SQLite holds a file and a thread; Redis's async client opens no connection before its first call.
+    close_sync = getattr(store, "close_sync", None)
+    if close_sync is not None:
+        close_sync()
