@@ -1,7 +1,8 @@
 """The package's folders are its architecture: imports flow one way, and modules stay small.
 
-api -> harmony / engine types / auth; the engine never imports the API, Harmony or auth; Harmony
-is pure (no API, engine or auth); kernels know only torch and transformers.
+api -> harmony / engine types / auth / state; the engine never imports the API, Harmony or auth; Harmony
+is pure (no API, engine or auth); kernels know only torch and transformers; state (stored responses)
+knows only the settings, and only the API uses it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ MAX_LINES = 600
 
 # For each sub-package, the gptoss sub-packages it must never import.
 FORBIDDEN = {
-    "engine": {"api", "harmony", "auth", "observability"},
-    "kernels": {"api", "harmony", "auth", "engine", "observability"},
-    "harmony": {"api", "engine", "auth", "observability", "kernels"},
-    "auth": {"api", "engine", "harmony", "kernels"},
-    "observability": {"api", "engine", "harmony", "auth", "kernels"},
+    "engine": {"api", "harmony", "auth", "observability", "state"},
+    "kernels": {"api", "harmony", "auth", "engine", "observability", "state"},
+    "harmony": {"api", "engine", "auth", "observability", "kernels", "state"},
+    "auth": {"api", "engine", "harmony", "kernels", "state"},
+    "observability": {"api", "engine", "harmony", "auth", "kernels", "state"},
+    "state": {"api", "engine", "harmony", "kernels", "auth"},
 }
 
 
