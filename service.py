@@ -30,6 +30,7 @@ from gptoss.observability.access_log import AccessLogMiddleware
 from gptoss.observability.metrics import EngineGauges, TokenTimings
 from gptoss.routes import GENERATION_PATHS
 from gptoss.settings import Settings, configure_logging, get_settings
+from gptoss.state import check_response_store, open_response_store
 
 logger = logging.getLogger("gptoss")
 
@@ -79,6 +80,7 @@ _SETTINGS = get_settings()
 configure_logging(_SETTINGS)
 if "build" not in sys.argv[1:3]:
     validate_auth_config(_SETTINGS)
+    check_response_store(_SETTINGS)  # likewise an unwritable GPTOSS_STATE_DIR or unreachable GPTOSS_STATE_URL
 # The engine the resources are sized for: the Bento's `engine` argument (bentofile-vllm.yaml's
 # `args`, which `bentoml build` sets before importing this module, and a served Bento restores),
 # else GPTOSS_ENGINE ('auto' counts as ours; set GPTOSS_ENGINE=vllm for tensor parallelism).
@@ -116,6 +118,7 @@ class GptOss:
             # Now rather than at the first request: SIGHUP kills a worker that has no handler yet.
             install_sighup_handler(store)
         self.settings = settings
+        self.store = open_response_store(settings)  # stored Responses API responses
         self.encoding = load_encoding(settings.cache_dir)
         text_encoding()  # built now, not on the first large request (it holds the GIL)
         # Loads (and downloads a pinned checkpoint that is not baked in) in the background;
@@ -135,6 +138,7 @@ class GptOss:
             settings,
             random_weights=settings.is_tiny,
             observer=TokenTimings(settings.served_model_name),
+            store=self.store,
         )
         openai_app.state.backend = self.backend  # the mounted API serves from now on
 
@@ -195,9 +199,12 @@ class GptOss:
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
-        """Let in-flight generations finish within the grace period, then stop the engine."""
-        await self.engine.shutdown(self.settings.shutdown_grace)
-        self.gauges.stop()
+        """Let in-flight generations finish within the grace period, then stop the engine and close the store."""
+        try:
+            await self.engine.shutdown(self.settings.shutdown_grace)
+            self.gauges.stop()
+        finally:
+            await self.store.close()  # after the last request that may write to it
 
 
 def _error_response(ctx: bentoml.Context, exc: BaseException) -> str:
