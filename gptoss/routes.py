@@ -33,6 +33,8 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("/v1/chat/completions", "key", "chat", streams=True),
     Route("/v1/completions", "key", "completions", streams=True),
+    Route("/v1/responses", "key", "responses", streams=True),
+    Route("/v1/responses/", "key", "responses", prefix=True, label="/v1/responses/{id}"),
     Route("/v1/models", "key", "models"),
     Route("/v1/models/", "key", "models", prefix=True, label="/v1/models/{model}"),
     Route("/generate", "key", "generate", streams=True),

@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         "stderr, once. Typical use: python auth.py new-key --name alice >> keys.yaml",
     )
     new.add_argument("--name", required=True, help="label shown in logs and metrics (never the key)")
-    new.add_argument("--permissions", help="comma-separated: all, chat, completions, models, generate (default all)")
+    new.add_argument(
+        "--permissions", help="comma-separated: all, chat, completions, responses, models, generate (default all)"
+    )
     new.add_argument("--models", help="comma-separated models the key may use (default: all)")
     new.add_argument("--rpm", type=int, help="requests per minute")
     new.add_argument("--tpm", type=int, help="tokens per minute")

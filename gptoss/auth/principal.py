@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from gptoss.auth.limits import RateLimiter
 
 #: Every permission a key may hold. ``all`` grants everything.
-PERMISSIONS: frozenset[str] = frozenset({"all", "chat", "completions", "models", "generate"})
+PERMISSIONS: frozenset[str] = frozenset({"all", "chat", "completions", "responses", "models", "generate"})
 #: Permissions that also let a key list models (clients such as ProTalk list models first).
-_MODEL_LISTERS = frozenset({"models", "chat", "completions"})
+_MODEL_LISTERS = frozenset({"models", "chat", "completions", "responses"})
 
 _HOW_TO_ADD_KEYS = (
     "No API keys are configured, and authentication is on (secure by default). Either:\n"

@@ -44,7 +44,10 @@ def test_route_table():
     assert find_route("/v1/chat/completions").permission == "chat"
     assert find_route("/v1/models/gpt-oss-20b").endpoint == "/v1/models/{model}"
     assert find_route("/v1/models/") is None  # a prefix route needs something after it
-    for path in ("/v1/responses", "/v1/chat/completions/", "//v1/models", "/admin", "/v1"):
+    assert find_route("/v1/responses").permission == "responses" and find_route("/v1/responses").streams
+    assert find_route("/v1/responses/resp_1/input_items").endpoint == "/v1/responses/{id}"
+    assert find_route("/v1/responses/resp_1").permission == "responses"
+    for path in ("/v1/embeddings", "/v1/chat/completions/", "//v1/models", "/admin", "/v1"):
         assert find_route(path) is None, path
     assert len({r.path for r in ROUTES}) == len(ROUTES)
 
@@ -52,7 +55,7 @@ def test_route_table():
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 async def test_unknown_path_is_a_json_404(method):
     async with client() as http:
-        r = await http.request(method, "/v1/responses", headers={"Authorization": "Bearer whatever"})
+        r = await http.request(method, "/v1/embeddings", headers={"Authorization": "Bearer whatever"})
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
     assert r.json()["error"]["code"] == "not_found" and set(r.json()["error"]) == {"message", "type", "param", "code"}
 

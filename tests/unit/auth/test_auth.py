@@ -410,6 +410,8 @@ ROUTES = [
     ("GET", "/v1/models"),
     ("GET", "/v1/models/gpt-oss-20b"),
     ("POST", "/generate"),
+    ("POST", "/v1/responses"),
+    ("DELETE", "/v1/responses/resp_1"),
     ("GET", "/metrics"),
     ("GET", "/docs"),
     ("GET", "/schema.json"),
@@ -418,13 +420,13 @@ ROUTES = [
 ]
 # key -> expected status for each route above, in order.
 MATRIX = {
-    K_ALL: [200, 200, 200, 200, 200, 200, 200, 200, 200, 200],
-    K_CHAT: [200, 403, 200, 200, 403, 200, 200, 200, 403, 403],
-    K_COMP: [403, 200, 200, 200, 403, 200, 200, 200, 403, 403],
-    K_MODELS: [403, 403, 200, 200, 403, 200, 200, 200, 403, 403],
-    K_GEN: [403, 403, 403, 403, 200, 200, 200, 200, 403, 403],
+    K_ALL: [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200],
+    K_CHAT: [200, 403, 200, 200, 403, 403, 403, 200, 200, 200, 403, 403],
+    K_COMP: [403, 200, 200, 200, 403, 403, 403, 200, 200, 200, 403, 403],
+    K_MODELS: [403, 403, 200, 200, 403, 403, 403, 200, 200, 200, 403, 403],
+    K_GEN: [403, 403, 403, 403, 200, 403, 403, 200, 200, 200, 403, 403],
 }
-PERM_OF_ROUTE = ["chat", "completions", "models", "models", "generate", None, None, None, "all", "all"]
+PERM_OF_ROUTE = ["chat", "completions", "models", "models", "generate"] + ["responses"] * 2 + [None] * 3 + ["all"] * 2
 
 
 @pytest.mark.parametrize("key", list(MATRIX), ids=["all", "chat", "completions", "models", "generate"])
@@ -447,6 +449,8 @@ def test_principal_permissions() -> None:
     assert Principal("a", frozenset({"chat"})).has_permission("models")
     assert not Principal("a", frozenset({"generate"})).has_permission("models")
     assert not Principal("a", frozenset({"models"})).has_permission("chat")
+    assert Principal("a", frozenset({"responses"})).has_permission("models")  # Responses clients list models too
+    assert not Principal("a", frozenset({"chat"})).has_permission("responses")
 
 
 # ---------------------------------------------------------------------------------------------
