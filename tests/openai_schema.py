@@ -50,7 +50,21 @@ CHAT_COMPLETION_CHUNK = "CreateChatCompletionStreamResponse"
 COMPLETION = "CreateCompletionResponse"  # also its stream chunks, with chunk=True
 MODEL_LIST = "ListModelsResponse"
 MODEL = "Model"
-RESPONSE_SCHEMAS = frozenset({CHAT_COMPLETION, CHAT_COMPLETION_CHUNK, COMPLETION, MODEL_LIST, MODEL})
+RESPONSE = "Response"  # the Responses API's response object
+RESPONSE_STREAM_EVENT = "ResponseStreamEvent"  # any of its stream events (validate_stream_event picks the one)
+RESPONSE_ITEM_LIST = "ResponseItemList"  # GET /v1/responses/{id}/input_items
+RESPONSE_SCHEMAS = frozenset(
+    {
+        CHAT_COMPLETION,
+        CHAT_COMPLETION_CHUNK,
+        COMPLETION,
+        MODEL_LIST,
+        MODEL,
+        RESPONSE,
+        RESPONSE_STREAM_EVENT,
+        RESPONSE_ITEM_LIST,
+    }
+)
 
 _REASONING = frozenset({"reasoning_content", "reasoning"})
 _MODEL_EXTRAS = frozenset({"max_model_len", "random_weights"})
@@ -62,6 +76,9 @@ EXTENSIONS: dict[str, dict[tuple[str, ...], frozenset[str]]] = {
     COMPLETION: {},
     MODEL_LIST: {("data", "*"): _MODEL_EXTRAS},
     MODEL: {(): _MODEL_EXTRAS},
+    RESPONSE: {},
+    RESPONSE_STREAM_EVENT: {},
+    RESPONSE_ITEM_LIST: {},
 }
 _COMPLETION_CHUNK = "_CompletionStreamChunk"  # our derived component, see the module docstring
 
@@ -178,6 +195,33 @@ def schema_errors(schema_name: str, body: Any, *, chunk: bool = False) -> list[s
     component = _COMPLETION_CHUNK if chunk else schema_name
     errors = _validator(component).iter_errors(strip_extensions(schema_name, body))
     return [_describe(e) for e in sorted(errors, key=lambda e: e.json_path)]
+
+
+@functools.cache
+def _event_components() -> dict[str, str]:
+    """Stream event ``type`` -> the component of the spec that describes that event."""
+    schemas = _registry().contents(SPEC_URI)["components"]["schemas"]
+    out: dict[str, str] = {}
+    for branch in schemas[RESPONSE_STREAM_EVENT]["anyOf"]:
+        name = branch["$ref"].rsplit("/", 1)[-1]
+        for kind in schemas[name].get("properties", {}).get("type", {}).get("enum", ()):
+            out[kind] = name
+    return out
+
+
+def validate_stream_event(event: Any) -> None:
+    """Raise :class:`SchemaMismatch` unless ``event`` is the Responses stream event its ``type`` names.
+
+    Validated against that event's own component (not the anyOf of all events), so a mismatch
+    names the field that is wrong.
+    """
+    kind = event.get("type") if isinstance(event, dict) else None
+    component = _event_components().get(kind)
+    if component is None:
+        raise SchemaMismatch(f"no Responses stream event has type {kind!r}")
+    errors = [_describe(e) for e in sorted(_validator(component).iter_errors(event), key=lambda e: e.json_path)]
+    if errors:
+        raise SchemaMismatch(f"{component} violations:\n" + "\n".join(errors) + f"\nbody: {json.dumps(event)[:2000]}")
 
 
 def validate_response(schema_name: str, body: Any, *, chunk: bool = False) -> None:

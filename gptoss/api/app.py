@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +24,8 @@ from gptoss.api.common.serving import Backend, check_model
 from gptoss.api.completions.protocol import Completion, CompletionRequest
 from gptoss.api.completions.serving import CompletionHandler
 from gptoss.api.errors import api_error_from
+from gptoss.api.responses.protocol import ResponseCreateRequest
+from gptoss.api.responses.serving import delete_stored, list_input_items, read_stored, start_response
 from gptoss.auth import check_model_access, get_principal, reserve_tokens
 from gptoss.engine.types import EngineError, EngineNotReady
 from gptoss.errors import APIError
@@ -241,6 +243,67 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Legacy text completion on raw text (no Harmony rendering); `stream: true` for SSE."""
     return await _generate(request, body, CompletionHandler, lambda: body.prompt)
+
+
+def _owner(request: Request) -> str:
+    """Whose stored responses a request may see: its key's name ("" when keys are off)."""
+    principal = get_principal(request)
+    return principal.name if principal is not None else ""
+
+
+def _attached_backend(request: Request) -> Backend:
+    """The backend, loaded or not: stored responses are readable while the model loads."""
+    backend = getattr(request.app.state, "backend", None)
+    if backend is None:
+        raise EngineNotReady("the server is starting")
+    return backend
+
+
+@router.post(
+    "/v1/responses",
+    tags=["responses"],
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def create_response(body: ResponseCreateRequest, request: Request) -> Any:
+    """OpenAI's Responses API over the chat path; `stream: true` answers with server-sent events."""
+    backend = ready_backend(request.app.state.backend)
+
+    def start_chat(chat: ChatCompletionRequest) -> Any:
+        prompt = lambda: body.model_dump(exclude_none=True).get("input")  # noqa: E731
+        return start_job(request, backend, chat, ChatHandler, prompt)
+
+    job = await start_response(backend, body, _owner(request), start_chat)
+    return await _respond(request, job, bool(body.stream))
+
+
+@router.get("/v1/responses/{response_id}", tags=["responses"], responses=_ERRORS)
+async def retrieve_response(response_id: str, request: Request, stream: bool = False) -> Any:
+    """A stored response of the calling key."""
+    if stream:
+        raise APIError(
+            400, "Streaming a stored response again is not supported.", param="stream", code="unsupported_value"
+        )
+    record = await read_stored(_attached_backend(request).store, response_id, _owner(request))
+    return JSONResponse(record.response)
+
+
+@router.delete("/v1/responses/{response_id}", tags=["responses"], responses=_ERRORS)
+async def delete_response(response_id: str, request: Request) -> Any:
+    """Delete a stored response of the calling key."""
+    return await delete_stored(_attached_backend(request).store, response_id, _owner(request))
+
+
+@router.get("/v1/responses/{response_id}/input_items", tags=["responses"], responses=_ERRORS)
+async def response_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = None,
+    limit: int = Query(20),
+    order: str = "desc",
+) -> Any:
+    """The input items of a stored response of the calling key (newest first unless order=asc)."""
+    record = await read_stored(_attached_backend(request).store, response_id, _owner(request))
+    return list_input_items(record, after=after, limit=limit, order=order)
 
 
 #: The app service.py mounts (``openai_compat.app``); its backend is attached at start.
