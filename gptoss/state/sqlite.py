@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -94,7 +95,10 @@ class SQLiteResponseStore:
 
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Conversations are private: a new directory and file are the server user's alone
+            # (SQLite gives the WAL and shared-memory files the database file's mode).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         except (OSError, sqlite3.Error) as exc:
             raise ResponseStoreError(f"cannot create or open {self.path}: {exc}") from exc

@@ -98,6 +98,12 @@ async def test_a_closed_store_raises_the_store_error(tmp_path: Path):
         await store.get("resp_1", "alice")
 
 
+def test_a_new_directory_and_database_are_private(tmp_path: Path):
+    SQLiteResponseStore(tmp_path / "state").close_sync()
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / DB_NAME).stat().st_mode & 0o777 == 0o600
+
+
 def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path):
     conn = sqlite3.connect(tmp_path / DB_NAME)
     conn.execute("PRAGMA user_version = 99")
