@@ -25,6 +25,7 @@ from gptoss.api.errors import api_error_from
 from gptoss.api.guard import RequestGuardMiddleware
 from gptoss.auth import AuthMiddleware, install_sighup_handler, validate_auth_config
 from gptoss.engine.loader import build_engine, engine_config, loaded_weight_bytes
+from gptoss.harmony.grammar import grammar_tokenizer
 from gptoss.harmony.vocab import load_encoding, text_encoding
 from gptoss.observability.access_log import AccessLogMiddleware
 from gptoss.observability.metrics import EngineGauges, TokenTimings
@@ -123,7 +124,7 @@ class GptOss:
         text_encoding()  # built now, not on the first large request (it holds the GIL)
         # Loads (and downloads a pinned checkpoint that is not baked in) in the background;
         # /health answers 503 until it is ready.
-        self.engine = build_engine(settings, self._checkpoint)
+        self.engine = build_engine(settings, self._checkpoint, grammar_tokenizer=grammar_tokenizer())
         self.engine.start()
         self.gauges = EngineGauges(
             self.engine.stats,

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         4096, ge=1, description="max_tokens when a request gives none (capped by the context window)."
     )
+    max_reasoning_tokens: int = Field(
+        0,
+        ge=0,
+        description="Reasoning budget: most tokens the analysis may take before the answer is opened "
+        "(0 = none; requests may set max_reasoning_tokens). A structured-output request without one "
+        "gets half its max_tokens.",
+    )
     reasoning_field: Literal["both", "reasoning_content", "reasoning"] = Field(
         "both", description="Which message field carries the model's reasoning."
     )

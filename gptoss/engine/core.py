@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gptoss.engine.stream import Deliveries, TokenStream, deliver, post_to_loops
 from gptoss.engine.types import (
     DEFAULT_CPU_KV_TOKENS,
     EngineFault,
@@ -35,6 +36,9 @@ from gptoss.engine.types import (
     SequenceFailed,
     TokenEvent,
 )
+
+__all__ = ["Deliveries", "Engine", "EngineConfig", "EngineCore", "EngineStats", "FrontEnd", "NO_TOKEN", "TokenStream",
+           "deliver", "post_to_loops"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class EngineConfig:
     kv_cache_tokens: int = DEFAULT_CPU_KV_TOKENS  # 0: size it after loading the model
     request_timeout: float = 600.0
     lean_decode: bool = True  # decode steps through decode_forward where that is exact (model_runner)
+    # llguidance tokenizer of the model's vocabulary: needed to serve requests with a grammar.
+    grammar_tokenizer: Any = None
 
 
 @dataclass
@@ -65,71 +71,10 @@ class EngineStats:
     received: int = 0  # requests the core has been handed, ever
 
 
-class TokenStream:
-    """Async iterator over one request's :class:`TokenEvent`s; ``cancel()`` stops generation."""
-
-    def __init__(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None]
-    ) -> None:
-        self.request_id = request.request_id
-        self._on_cancel = on_cancel
-        self._queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
-        self._loop = loop
-        self._done = False
-        self.cancelled = False
-
-    def __aiter__(self) -> TokenStream:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        if item.finish_reason is not None:
-            self._done = True
-        return item
-
-    def ready_events(self) -> list[TokenEvent]:
-        """Events already delivered, without waiting (up to and including the last one).
-
-        Lets a consumer that fell behind fold several tokens into one response chunk
-        instead of paying the per-chunk cost for each.
-        """
-        out: list[TokenEvent] = []
-        while not self._done and not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, BaseException):
-                self._queue.put_nowait(item)  # raised by the next __anext__
-                break
-            out.append(item)
-            if item.finish_reason is not None:
-                self._done = True
-        return out
-
-    def cancel(self) -> None:
-        if not self._done and not self.cancelled:
-            self.cancelled = True
-            self._on_cancel()
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def _put(self, item: TokenEvent | BaseException) -> None:
-        self._queue.put_nowait(item)
-
-
 class Handle(Protocol):
     """What the core needs of a request's consumer: whether it gave up."""
 
     cancelled: bool
-
-
-#: One step's deliveries: for each request, its new events or the exception that ended it.
-Deliveries = list[tuple[Any, "list[TokenEvent] | BaseException"]]
 
 
 @dataclass
@@ -138,6 +83,7 @@ class _Seq:
     handle: Handle
     deadline: float
     sampler: Any = None  # model_runner.SamplerState, created on the engine thread
+    matcher: Any = None  # llguidance matcher of a request with a grammar (engine/grammar.py)
     generated: int = 0
     last_token: int = NO_TOKEN
     context_len: int = 0
@@ -170,6 +116,7 @@ class EngineCore:
         self._sink = sink
         self.max_context = max_context or 0
         self._runner: Any = None
+        self._grammars: Any = None
         self._vocab = 0
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -232,6 +179,10 @@ class EngineCore:
         if self.config.kv_cache_tokens <= 0:  # size it from what the loaded model left free
             self.config.kv_cache_tokens = default_kv_budget(model)
         self._vocab = int(model.config.vocab_size)
+        if self.config.grammar_tokenizer is not None:
+            from gptoss.engine.grammar import Grammars
+
+            self._grammars = Grammars(self.config.grammar_tokenizer)
         if not self.max_context:
             self.max_context = int(getattr(model.config, "max_position_embeddings", 4096))
         logger.info(
@@ -294,6 +245,11 @@ class EngineCore:
             if not ids or min(ids) < 0 or max(ids) >= self._vocab:
                 raise ValueError(f"prompt token ids must be in [0, {self._vocab})")
             seq.sampler = SamplerState.create(seq.request.params, ids, self._vocab, self._runner.device)
+            grammar = seq.request.params.grammar
+            if grammar is not None:
+                if self._grammars is None:
+                    raise ValueError("this engine was started without a grammar tokenizer")
+                seq.matcher = self._grammars.matcher(grammar)
         except Exception as exc:
             self._fail_one(seq, exc, "preparing the request")
             return False
@@ -423,6 +379,9 @@ class EngineCore:
         """
         from gptoss.engine.runner import sample
 
+        failed = self._mask(seqs, logits)
+        if failed is not None:
+            return failed
         # Each row draws its random number first: keep the generators' states so that the rows
         # sampled again alone draw what they would have drawn (a seed reproduces, fault or not).
         saved = [(s.sampler.generator, s.sampler.generator.get_state()) for s in seqs if s.sampler.generator]
@@ -439,8 +398,34 @@ class EngineCore:
                     out.append(exc)
             return out
 
+    def _mask(self, seqs: list[_Seq], logits: Any) -> list[Any] | None:
+        """Apply the grammar masks of constrained rows; if that fails, their error (others sample on)."""
+        rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if not rows:
+            return None
+        from gptoss.engine.grammar import apply_grammar_masks
+
+        try:
+            apply_grammar_masks(self._grammars, logits, rows, [seqs[i].matcher for i in rows])
+        except Exception as exc:  # the masks' fault: fail the constrained rows, sample the rest
+            logger.warning("Computing grammar masks failed: %s: %s", type(exc).__name__, exc)
+            keep = [i for i in range(len(seqs)) if i not in set(rows)]
+            out: list[Any] = [exc] * len(seqs)
+            if keep:
+                for i, s in zip(keep, self._sample([seqs[i] for i in keep], logits[keep])):
+                    out[i] = s
+            return out
+        return None
+
     def _emit(self, seqs: list[_Seq], sampled: list[Any]) -> None:
+        from gptoss.engine.grammar import advance
+
         for seq, s in zip(seqs, sampled):
+            if not isinstance(s, BaseException) and seq.matcher is not None:
+                try:
+                    advance(seq.matcher, s.token)
+                except Exception as exc:
+                    s = exc
             if isinstance(s, BaseException):
                 logger.warning("Request %s failed in sampling: %s: %s", seq.request.request_id, type(s).__name__, s)
                 seq.error = SequenceFailed(f"sampling failed ({type(s).__name__}: {s})")
@@ -570,28 +555,3 @@ class Engine(FrontEnd):
         stream = TokenStream(request, asyncio.get_running_loop(), self._core.wake)
         self._core.add(request, stream)
         return stream
-
-
-def post_to_loops(deliveries: Deliveries) -> None:
-    """Hand deliveries for streams to their event loops: one ``call_soon_threadsafe`` per loop.
-
-    The thread front end's sink; the process front end calls it for each step it receives.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, Deliveries] = {}
-    for stream, payload in deliveries:
-        by_loop.setdefault(stream._loop, []).append((stream, payload))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(deliver, items)
-        except RuntimeError:  # the client's loop is gone; nothing to tell
-            pass
-
-
-def deliver(items: Deliveries) -> None:
-    """On the event loop: put each request's events (or its error) on its stream."""
-    for stream, payload in items:
-        if isinstance(payload, BaseException):
-            stream._put(payload)
-        else:
-            for ev in payload:
-                stream._put(ev)

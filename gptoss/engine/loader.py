@@ -199,14 +199,18 @@ def pick_engine(settings: Settings) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
 
 
-def build_engine(settings: Settings, checkpoint: Callable[[], str | None]) -> Any:
+def build_engine(settings: Settings, checkpoint: Callable[[], str | None], *, grammar_tokenizer: Any = None) -> Any:
     """The engine front end the settings ask for; neither loads anything before ``start()``.
+
+    ``grammar_tokenizer`` (llguidance's view of the vocabulary) lets our engine serve requests
+    with a grammar; vLLM builds its own from the model's tokenizer.
 
     ``checkpoint()`` (which may download) runs on the engine's background thread, so /health
     answers 503 instead of hanging while the model arrives.
     """
     device = pick_device(settings)
     config = engine_config(settings, device)
+    config.grammar_tokenizer = grammar_tokenizer
     if pick_engine(settings) == "vllm":
         from gptoss.engine.vllm_engine import VLLMEngine
 

@@ -35,6 +35,9 @@ class SamplingParams:
     logit_bias: Mapping[int, float] | None = None
     logprobs: int | None = None  # None = off; k = chosen token's logprob plus the top k alternatives
     stop_token_ids: tuple[int, ...] = ()  # the sequence ends after one of these (it is reported)
+    # llguidance grammar (Lark syntax) every generated token must follow, from the first one;
+    # None = unconstrained. Built by the API layer (gptoss.harmony.grammar).
+    grammar: str | None = None
 
 
 @dataclass

@@ -44,7 +44,7 @@ def vllm_sampling_params(params: SamplingParams) -> Any:
     adding the checkpoint's generation-config EOS list; ``detokenize=False``: text is ours.
     """
     from vllm import SamplingParams as VSamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     return VSamplingParams(
         n=1,
@@ -64,6 +64,8 @@ def vllm_sampling_params(params: SamplingParams) -> Any:
         detokenize=False,
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
+        # The same grammar our engine applies (llguidance, vLLM's "guidance" backend), from the first token.
+        structured_outputs=StructuredOutputsParams(grammar=params.grammar) if params.grammar else None,
     )
 
 
@@ -244,7 +246,10 @@ def engine_args(settings: Settings, model_path: str, device: str, config: Engine
     args: dict[str, Any] = {
         "model": model_path,
         "served_model_name": settings.served_model_name,
-        "skip_tokenizer_init": True,  # token ids in, token ids out
+        # Token ids in, token ids out; the tokenizer is loaded only for the grammars of
+        # structured output (llguidance reads the vocabulary from it).
+        "skip_tokenizer_init": False,
+        "structured_outputs_config": {"backend": "guidance"},
         "dtype": dtype,
         "tensor_parallel_size": settings.vllm_tensor_parallel_size,
         "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,

@@ -236,7 +236,11 @@ def test_models_match_openai_schema(server: RemoteServer):
     [
         (CHAT_ROUTE, chat(logit_bias={"99999999999999999999": 1}), "logit_bias"),  # once an engine crash
         (COMPLETIONS_ROUTE, completion(logit_bias={"201088": 1}), "logit_bias"),
-        (CHAT_ROUTE, chat(response_format={"type": "json_object"}), "response_format.type"),
+        (
+            CHAT_ROUTE,
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}),
+            "response_format.json_schema.schema",
+        ),
         (CHAT_ROUTE, chat(functions=[{"name": "f"}]), "functions"),
         (COMPLETIONS_ROUTE, completion(prompt=["a"] * 9, n=8), "n"),
     ],

@@ -310,21 +310,29 @@ ToolChoice = Annotated[
 ]
 
 
+class JSONSchemaFormat(_RequestModel):
+    """``response_format.json_schema``: the schema the answer must validate against."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_RequestModel):
-    """Only ``text`` (the default): JSON modes are refused, since nothing here constrains the output
-    to JSON and a caller relying on it would get unparsable text without being told."""
+    """``text`` (free), ``json_object`` (any JSON object) or ``json_schema``; both JSON modes are
+    enforced token by token in the answer (the ``final`` channel), never in the reasoning."""
 
-    type: Literal["text"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
-    @field_validator("type", mode="before")
-    @classmethod
-    def _known_type(cls, value: Any) -> Any:
-        if value in ("json_schema", "json_object"):
-            raise ValueError(
-                f"response_format type '{value}' is not supported: JSON output is not enforced by this server; "
-                "use 'text' and ask for JSON in the prompt"
-            )
-        return value
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs a json_schema object")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only allowed with response_format type 'json_schema', not '{self.type}'")
+        return self
 
 
 class ReasoningConfig(_RequestModel):
@@ -386,6 +394,8 @@ class ChatCompletionRequest(_SamplingRequest):
     min_p: _MinP = None
     # Multiplicative penalty on tokens already in prompt or output (1 or None = off).
     repetition_penalty: _RepetitionPenalty = None
+    # Most tokens the reasoning (analysis) may take; then the answer starts (server default if None).
+    max_reasoning_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gptoss.api.chat.protocol import (
     AssistantMessage,
@@ -54,6 +54,7 @@ from gptoss.harmony import (
     token_bytes,
     token_text,
 )
+from gptoss.harmony.grammar import AnswerSpec, GrammarError, ToolSpec, check_grammar, harmony_grammar
 from gptoss.harmony.vocab import text_encoding
 
 
@@ -293,6 +294,7 @@ class ChatHandler:
         rendered = await asyncio.to_thread(self._render, req)
         prompt = rendered.prompt_ids
         max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
+        grammar = await asyncio.to_thread(chat_grammar, req, max_tokens, b.settings.max_reasoning_tokens)
         choices = req.n or 1
         limit = admission.limit()
         if limit is not None and req.requested_max_tokens() is None:  # the default fits the key's budget
@@ -303,7 +305,7 @@ class ChatHandler:
         try:
             for i in range(req.n or 1):
                 params = to_sampling_params(
-                    req, max_tokens=max_tokens, stop_token_ids=rendered.stop_token_ids, seed_offset=i
+                    req, max_tokens=max_tokens, stop_token_ids=rendered.stop_token_ids, seed_offset=i, grammar=grammar
                 )
                 stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
                 streams.append(stream)
@@ -324,6 +326,62 @@ class ChatHandler:
             hold.settle(0)
             raise
         return ChatJob(req, runs, len(prompt), b.settings.served_model_name, hold)
+
+
+def chat_grammar(req: ChatCompletionRequest, max_tokens: int, default_budget: int) -> str | None:
+    """The grammar that holds this request's answer to its shape, or None when nothing constrains it.
+
+    JSON answers, tools (names and arguments) and a reasoning budget need one. Where the answer is
+    constrained and no budget is given, the reasoning may take half of ``max_tokens``, so that the
+    answer always has room to be completed.
+    """
+    fmt = req.response_format
+    json_answer = fmt is not None and fmt.type != "text"
+    tools = req.tools or []
+    budget = req.max_reasoning_tokens or default_budget or None
+    if not (json_answer or tools or budget):
+        return None
+    if budget is None:
+        budget = max(1, max_tokens // 2)
+    choice = req.tool_choice
+    prefill: Literal["", "required", "named"] = ""
+    if choice == "required":
+        prefill = "required"
+    elif choice is not None and not isinstance(choice, str):
+        prefill = "named"
+        tools = [t for t in tools if t.function.name == choice.function.name]
+    spec = AnswerSpec(
+        json_schema=fmt.json_schema.schema_ or {} if fmt is not None and fmt.json_schema is not None else None,
+        json_any_object=fmt is not None and fmt.type == "json_object",
+        tools=[ToolSpec(t.function.name, t.function.parameters, bool(t.function.strict)) for t in tools],
+        calls="none" if choice == "none" else "auto",
+        reasoning_budget=budget,
+    )
+    grammar = harmony_grammar(spec, prefill=prefill)
+    try:
+        check_grammar(grammar)
+    except GrammarError as exc:
+        message, param = _grammar_error_message(req, exc), _grammar_error_param(req)
+        raise bad_request(message, param=param, code="invalid_json_schema") from exc
+    return grammar
+
+
+def _grammar_error_param(req: ChatCompletionRequest) -> str:
+    fmt = req.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        return "response_format.json_schema.schema"
+    strict = [i for i, t in enumerate(req.tools or ()) if t.function.strict]
+    return f"tools[{strict[0]}].function.parameters" if strict else "tools"
+
+
+def _grammar_error_message(req: ChatCompletionRequest, exc: GrammarError) -> str:
+    where = _grammar_error_param(req)
+    if exc.keyword:
+        return (
+            f"{where} uses the JSON Schema keyword '{exc.keyword}', which structured output does not support; "
+            "remove it or describe the constraint in the prompt"
+        )
+    return f"{where} cannot be enforced: {exc}"
 
 
 class TextChunk:

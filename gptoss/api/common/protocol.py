@@ -215,6 +215,7 @@ def to_sampling_params(
     max_tokens: int,
     stop_token_ids: tuple[int, ...] = (),
     seed_offset: int = 0,
+    grammar: str | None = None,
 ) -> SamplingParams:
     """Engine settings for one choice; ``seed_offset`` (the choice index) keeps n choices distinct.
 
@@ -234,6 +235,7 @@ def to_sampling_params(
         logit_bias={int(k): v for k, v in req.logit_bias.items()} if req.logit_bias else None,
         logprobs=req.sampled_logprobs(),
         stop_token_ids=tuple(stop_token_ids),
+        grammar=grammar,
     )
 
 

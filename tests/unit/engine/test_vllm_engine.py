@@ -72,7 +72,7 @@ def test_engine_args_follow_the_settings():
     )
     config = EngineConfig(max_running=96, max_batched_tokens=4096)
     args = engine_args(settings, "/models/x", "cuda", config)
-    assert args["model"] == "/models/x" and args["skip_tokenizer_init"] is True
+    assert args["model"] == "/models/x" and args["skip_tokenizer_init"] is False
     assert args["tensor_parallel_size"] == 2 and args["gpu_memory_utilization"] == 0.8
     assert args["max_model_len"] == 8192 and args["enable_prefix_caching"] is False
     assert args["kv_cache_dtype"] == "fp8" and args["dtype"] == "auto"

@@ -335,9 +335,11 @@ INVALID_CHAT: list[tuple[dict[str, Any], str | None, str]] = [
         "dictionary",
     ),
     ({"tools": TOOLS * 2}, "tools", "unique"),
-    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.type", "json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.json_schema.name", "required"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "needs a json_schema object"),
+    ({"response_format": {"type": "json_object", "json_schema": {"name": "x"}}}, "response_format", "only allowed"),
+    ({"max_reasoning_tokens": 0}, "max_reasoning_tokens", "greater than or equal to 1"),
     # OpenAI features we cannot honour: refused, not ignored.
-    ({"response_format": {"type": "json_object"}}, "response_format.type", "'json_object' is not supported"),
     ({"response_format": {"type": "xml"}}, "response_format.type", "'text'"),
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "declare them in tools"),
     ({"functions": []}, "functions", "declare them in tools"),
