@@ -132,6 +132,12 @@ def harmony_grammar(spec: AnswerSpec, *, prefill: Literal["", "required", "named
     return f"start: analysis? answer\nanswer: {answer}\n" + "\n".join(rules) + "\n"
 
 
+def document_grammar(schema: dict[str, Any] | None) -> str:
+    """Raw text (``/v1/completions``, no Harmony) that is one JSON document: ``schema``, or any
+    object when None, then ``<|return|>``, a stop token of raw completions."""
+    return f"start: body <|return|>\nbody: {_json_rule(schema if schema is not None else _ANY_OBJECT)}\n"
+
+
 @functools.lru_cache(maxsize=1)
 def grammar_tokenizer() -> Any:
     """The Harmony vocabulary as llguidance takes it (built once: about a second)."""

@@ -198,3 +198,21 @@ def test_unconstrained_neighbours_are_unchanged(server: RemoteServer):
 
     alone, beside = asyncio.run(go())
     assert beside.choices[0].message == alone.choices[0].message
+
+
+def test_completions_response_format_gives_one_json_document(server: RemoteServer):
+    schema = SCHEMAS["flat"]
+    client = server.async_client()
+
+    async def go():
+        return await asyncio.gather(*(
+            client.completions.create(
+                model=MODEL, prompt="A person:", temperature=1.0, max_tokens=200, logit_bias=CLOSERS,
+                extra_body={"response_format": json_schema_format(schema)},
+            )
+            for _ in range(10)
+        ))
+
+    for r in asyncio.run(go()):
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].text), schema)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationInfo, field
 from gptoss.api.common.protocol import (
     MAX_N,
     RefusedFields,
+    ResponseFormat,
     StreamOptions,
     Usage,
     _clamp_logprob,
@@ -308,31 +309,6 @@ ToolChoice = Annotated[
         ),
     ),
 ]
-
-
-class JSONSchemaFormat(_RequestModel):
-    """``response_format.json_schema``: the schema the answer must validate against."""
-
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(_RequestModel):
-    """``text`` (free), ``json_object`` (any JSON object) or ``json_schema``; both JSON modes are
-    enforced token by token in the answer (the ``final`` channel), never in the reasoning."""
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_json_schema(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type 'json_schema' needs a json_schema object")
-        if self.type != "json_schema" and self.json_schema is not None:
-            raise ValueError(f"json_schema is only allowed with response_format type 'json_schema', not '{self.type}'")
-        return self
 
 
 class ReasoningConfig(_RequestModel):

@@ -37,6 +37,7 @@ from gptoss.api.common.serving import (
     NoHold,
     TokenClock,
     TokenObserver,
+    enforceable,
     event_batches,
     merge_streams,
     resolve_max_tokens,
@@ -54,7 +55,7 @@ from gptoss.harmony import (
     token_bytes,
     token_text,
 )
-from gptoss.harmony.grammar import AnswerSpec, GrammarError, ToolSpec, check_grammar, harmony_grammar
+from gptoss.harmony.grammar import AnswerSpec, ToolSpec, harmony_grammar
 from gptoss.harmony.vocab import text_encoding
 
 
@@ -357,31 +358,16 @@ def chat_grammar(req: ChatCompletionRequest, max_tokens: int, default_budget: in
         calls="none" if choice == "none" else "auto",
         reasoning_budget=budget,
     )
-    grammar = harmony_grammar(spec, prefill=prefill)
-    try:
-        check_grammar(grammar)
-    except GrammarError as exc:
-        message, param = _grammar_error_message(req, exc), _grammar_error_param(req)
-        raise bad_request(message, param=param, code="invalid_json_schema") from exc
-    return grammar
+    return enforceable(harmony_grammar(spec, prefill=prefill), _grammar_param(req))
 
 
-def _grammar_error_param(req: ChatCompletionRequest) -> str:
+def _grammar_param(req: ChatCompletionRequest) -> str:
+    """The field a schema the grammar library cannot enforce came from."""
     fmt = req.response_format
     if fmt is not None and fmt.json_schema is not None:
         return "response_format.json_schema.schema"
     strict = [i for i, t in enumerate(req.tools or ()) if t.function.strict]
     return f"tools[{strict[0]}].function.parameters" if strict else "tools"
-
-
-def _grammar_error_message(req: ChatCompletionRequest, exc: GrammarError) -> str:
-    where = _grammar_error_param(req)
-    if exc.keyword:
-        return (
-            f"{where} uses the JSON Schema keyword '{exc.keyword}', which structured output does not support; "
-            "remove it or describe the constraint in the prompt"
-        )
-    return f"{where} cannot be enforced: {exc}"
 
 
 class TextChunk:

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from gptoss.api.errors import api_error_from
 from gptoss.engine.types import EngineProtocol, RequestStream, TokenEvent
-from gptoss.errors import APIError
+from gptoss.errors import APIError, bad_request
+from gptoss.harmony.grammar import GrammarError, check_grammar
 from gptoss.settings import Settings
 from gptoss.state import ResponseStore
 
@@ -215,3 +216,20 @@ class Job:
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
         }
+
+
+def enforceable(grammar: str, param: str) -> str:
+    """``grammar``, or a 400 naming ``param`` when the grammar library cannot enforce it (e.g. a
+    JSON Schema keyword it lacks): a schema we cannot hold the answer to is refused, not ignored."""
+    try:
+        check_grammar(grammar)
+    except GrammarError as exc:
+        if exc.keyword:
+            message = (
+                f"{param} uses the JSON Schema keyword '{exc.keyword}', which structured output does not "
+                "support; remove it or describe the constraint in the prompt"
+            )
+        else:
+            message = f"{param} cannot be enforced: {exc}"
+        raise bad_request(message, param=param, code="invalid_json_schema") from exc
+    return grammar

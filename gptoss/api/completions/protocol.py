@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from gptoss.api.common.protocol import (
     MAX_N,
     MAX_TOKENS_LIMIT,
+    ResponseFormat,
     StreamOptions,
     Usage,
     _clamp_logprob,
@@ -106,6 +107,8 @@ class CompletionRequest(_SamplingRequest):
     min_p: _MinP = None
     # Multiplicative penalty on tokens already in prompt or output (1 or None = off).
     repetition_penalty: _RepetitionPenalty = None
+    # The completion is one JSON document (json_object / json_schema), enforced token by token.
+    response_format: ResponseFormat | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod

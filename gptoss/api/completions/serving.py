@@ -25,6 +25,7 @@ from gptoss.api.common.serving import (
     NoHold,
     TokenClock,
     TokenObserver,
+    enforceable,
     event_batches,
     merge_streams,
     resolve_max_tokens,
@@ -34,6 +35,7 @@ from gptoss.api.completions.protocol import Completion, CompletionRequest
 from gptoss.engine.types import GenerationRequest, RequestStream
 from gptoss.errors import APIError, bad_request
 from gptoss.harmony import IncrementalDecoder, StopMatcher, token_text
+from gptoss.harmony.grammar import document_grammar
 from gptoss.harmony.vocab import ENDOFTEXT_TOKEN, text_encoding
 
 
@@ -98,6 +100,16 @@ class CompletionRun:
             self.stream.cancel()
 
 
+def completion_grammar(req: CompletionRequest) -> str | None:
+    """A JSON ``response_format`` makes the raw completion one JSON document (no reasoning here)."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = fmt.json_schema.schema_ or {} if fmt.json_schema is not None else None
+    param = "response_format.json_schema.schema" if fmt.json_schema is not None else "response_format"
+    return enforceable(document_grammar(schema), param)
+
+
 class CompletionHandler:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -131,13 +143,14 @@ class CompletionHandler:
             per_token = len(budgets) * (req.n or 1)
             room = (limit - sum(len(p) for p in prompts)) // per_token
             budgets = [max(1, min(m, room)) for m in budgets]
+        grammar = await asyncio.to_thread(completion_grammar, req)
         prompt_tokens = sum(len(prompt) for prompt in prompts)
         hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
         try:
             for prompt, max_tokens in zip(prompts, budgets):
                 for j in range(req.n or 1):
                     params = to_sampling_params(
-                        req, max_tokens=max_tokens, stop_token_ids=self._stop_tokens, seed_offset=j
+                        req, max_tokens=max_tokens, stop_token_ids=self._stop_tokens, seed_offset=j, grammar=grammar
                     )
                     stream = b.engine.submit(GenerationRequest(list(prompt), params, key_name=key_name))
                     runs.append(
