@@ -59,32 +59,31 @@ class Grammars:
 
 @torch.inference_mode()
 def apply_grammar_masks(grammars: Grammars, logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Any]) -> None:
-    """Set the logits of tokens each matcher forbids to -inf, in place, for the given rows."""
+    """Set the logits of tokens each matcher forbids to -inf, in place, for the given rows.
+
+    The matchers fill one packed bitmask together (llguidance's threads, no GIL); it is unpacked
+    with a byte lookup table into a bool mask (llguidance's own CPU apply is far slower) and each
+    row is masked in place. Logits past the tokenizer's vocabulary (padding) are never allowed.
+    """
     import llguidance.torch as llt
 
     bitmask = llt.allocate_token_bitmask(len(rows), grammars.vocab)
     llt.fill_next_token_bitmask_par(grammars.executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
-    idx = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
-    sub = logits.index_select(0, idx)
-    width = sub.shape[-1]
-    if width != grammars.vocab:  # the model's vocabulary may be padded past the tokenizer's
-        pad = torch.full((len(rows), width), float("-inf"), dtype=sub.dtype, device=sub.device)
-        pad[:, : grammars.vocab] = sub[:, : grammars.vocab]
-        sub = pad
-    view = sub[:, : grammars.vocab] if width != grammars.vocab else sub
-    if view.device.type == "cpu" and view.is_contiguous():
-        llt.apply_token_bitmask_inplace(view, bitmask)
-    else:
-        allowed = _unpack(bitmask.to(view.device), grammars.vocab)
-        view.masked_fill_(~allowed, float("-inf"))
-    logits.index_copy_(0, idx, sub)
+    forbidden = _forbidden(bitmask.to(logits.device), grammars.vocab)
+    for j, row in enumerate(rows):
+        logits[row, : grammars.vocab].masked_fill_(forbidden[j], float("-inf"))
+        if logits.shape[-1] > grammars.vocab:
+            logits[row, grammars.vocab :] = float("-inf")
 
 
-def _unpack(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Packed int32 words (bit j of word w = token 32*w + j) -> a bool [rows, vocab] mask."""
-    bits = torch.arange(32, device=bitmask.device, dtype=torch.int32)
-    allowed = (bitmask.unsqueeze(-1) >> bits) & 1
-    return allowed.reshape(bitmask.shape[0], -1)[:, :vocab].bool()
+# Bit i of a byte set = token allowed; row b of this table says which of its 8 tokens are not.
+_BYTE_FORBIDS = ((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1) == 0
+
+
+def _forbidden(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Packed int32 words (bit j of word w = token 32*w + j, little-endian) -> bool [rows, vocab], True = forbidden."""
+    table = _BYTE_FORBIDS.to(bitmask.device)
+    return table[bitmask.view(torch.uint8).long()].view(bitmask.shape[0], -1)[:, :vocab]
 
 
 def advance(matcher: Any, token: int) -> None:

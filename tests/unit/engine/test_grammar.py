@@ -127,3 +127,16 @@ def test_a_bad_grammar_fails_its_request_only(grammar_engine):
     bad, good = asyncio.run(go())
     assert isinstance(bad, SequenceFailed)
     assert isinstance(good, list) and len(good) == 5
+
+
+def test_the_bitmask_unpacks_token_by_token():
+    import torch
+
+    from gptoss.engine.grammar import _forbidden
+
+    words = torch.randint(-(2**31), 2**31 - 1, (2, 5), dtype=torch.int32)
+    got = _forbidden(words, 150)
+    for row in range(2):
+        for token in range(150):
+            allowed = (int(words[row, token // 32]) >> (token % 32)) & 1
+            assert bool(got[row, token]) == (not allowed)
