@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,22 @@ class Grammars:
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._max = max_cached
         self._lock = threading.Lock()
-        self.executor = llguidance.LLExecutor()
         self.vocab = int(tokenizer.vocab_size)
+        self._bitmask: torch.Tensor | None = None
+
+    def bitmask(self, rows: int) -> torch.Tensor:
+        """A packed bitmask for ``rows`` matchers, reused step to step (each fill overwrites its row)."""
+        if self._bitmask is None or self._bitmask.shape[0] < rows:
+            import llguidance.torch as llt
+
+            self._bitmask = llt.allocate_token_bitmask(max(rows, 16), self.vocab)
+        return self._bitmask[:rows]
+
+    @staticmethod
+    def fill(matcher: Any, bitmask: torch.Tensor, row: int) -> None:
+        import llguidance.torch as llt
+
+        llt.fill_next_token_bitmask(matcher, bitmask, row)
 
     def matcher(self, grammar: str) -> Any:
         with self._lock:
@@ -61,29 +76,26 @@ class Grammars:
 def apply_grammar_masks(grammars: Grammars, logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[Any]) -> None:
     """Set the logits of tokens each matcher forbids to -inf, in place, for the given rows.
 
-    The matchers fill one packed bitmask together (llguidance's threads, no GIL); it is unpacked
-    with a byte lookup table into a bool mask (llguidance's own CPU apply is far slower) and each
-    row is masked in place. Logits past the tokenizer's vocabulary (padding) are never allowed.
+    The matchers fill a packed bitmask (bit j of int32 word w = token 32*w + j); numpy unpacks it
+    for all rows in one call, and each row is masked with one torch op. Few torch ops matter more
+    than their arithmetic: each one may release the GIL, and in the server the event loop holds
+    it between tokens, so the engine thread pays a hand-off per op.
     """
-    import llguidance.torch as llt
-
-    bitmask = llt.allocate_token_bitmask(len(rows), grammars.vocab)
-    llt.fill_next_token_bitmask_par(grammars.executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
-    forbidden = _forbidden(bitmask.to(logits.device), grammars.vocab)
+    vocab = grammars.vocab
+    bitmask = grammars.bitmask(len(rows))
+    for i, m in enumerate(matchers):  # microseconds each: cheaper than a thread pool's hand-off
+        grammars.fill(m, bitmask, i)
+    forbidden = torch.from_numpy(forbidden_mask(bitmask.numpy(), vocab)).to(logits.device)
     for j, row in enumerate(rows):
-        logits[row, : grammars.vocab].masked_fill_(forbidden[j], float("-inf"))
-        if logits.shape[-1] > grammars.vocab:
-            logits[row, grammars.vocab :] = float("-inf")
+        logits[row, :vocab].masked_fill_(forbidden[j], float("-inf"))
+    if logits.shape[-1] > vocab:  # the model's vocabulary padded past the tokenizer's: never allowed
+        logits[list(rows), vocab:] = float("-inf")
 
 
-# Bit i of a byte set = token allowed; row b of this table says which of its 8 tokens are not.
-_BYTE_FORBIDS = ((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1) == 0
-
-
-def _forbidden(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Packed int32 words (bit j of word w = token 32*w + j, little-endian) -> bool [rows, vocab], True = forbidden."""
-    table = _BYTE_FORBIDS.to(bitmask.device)
-    return table[bitmask.view(torch.uint8).long()].view(bitmask.shape[0], -1)[:, :vocab]
+def forbidden_mask(bitmask: np.ndarray, vocab: int) -> np.ndarray:
+    """Packed int32 words (bit j of word w = token 32*w + j) -> bool [rows, vocab], True = forbidden."""
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+    return bits == 0
 
 
 def advance(matcher: Any, token: int) -> None:

@@ -129,14 +129,37 @@ def test_a_bad_grammar_fails_its_request_only(grammar_engine):
     assert isinstance(good, list) and len(good) == 5
 
 
-def test_the_bitmask_unpacks_token_by_token():
+@pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
+def test_the_bitmask_unpacks_token_by_token(density):
+    import numpy as np
+
+    from gptoss.engine.grammar import forbidden_mask
+
+    vocab, words = 150, 5
+    rng = np.random.default_rng(int(density * 100))
+    bits = rng.random((2, words * 32)) < density
+    packed = (bits.reshape(2, words, 32).astype(np.int64) << np.arange(32)).sum(-1)
+    packed = np.where(packed >= 2**31, packed - 2**32, packed).astype(np.int32)
+    forbidden = forbidden_mask(packed, vocab)
+    assert forbidden.shape == (2, vocab)
+    for row in range(2):
+        for token in range(vocab):
+            assert bool(forbidden[row, token]) == (not bits[row, token])
+
+
+def test_a_reused_bitmask_row_is_overwritten_not_merged():
+    """The engine reuses one bitmask buffer step to step: a fill must replace the row's old bits."""
+    import llguidance
     import torch
 
-    from gptoss.engine.grammar import _forbidden
+    from gptoss.engine.grammar import Grammars
 
-    words = torch.randint(-(2**31), 2**31 - 1, (2, 5), dtype=torch.int32)
-    got = _forbidden(words, 150)
-    for row in range(2):
-        for token in range(150):
-            allowed = (int(words[row, token // 32]) >> (token % 32)) & 1
-            assert bool(got[row, token]) == (not allowed)
+    grammars = Grammars(grammar_tokenizer())
+    free = grammars.matcher(harmony_grammar(AnswerSpec(reasoning_budget=50)))
+    strict = grammars.matcher('start: "x" <|return|>')
+    buffer = grammars.bitmask(1)
+    grammars.fill(free, buffer, 0)
+    grammars.fill(strict, buffer, 0)
+    fresh = llguidance.torch.allocate_token_bitmask(1, grammars.vocab)
+    grammars.fill(grammars.matcher('start: "x" <|return|>'), fresh, 0)
+    assert torch.equal(buffer, fresh)
