@@ -358,6 +358,8 @@ def _pick_rows(x: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
         cold = [i for i in chunk if params[i].temperature == 0]  # greedy after bias / penalties
         for i, tok in zip(cold, greedy_argmax(e[[i - start for i in cold]]).tolist() if cold else []):
             out[i] = tok
+        if len(cold) == len(chunk):  # all greedy: no probabilities needed (exp is the costly pass,
+            continue  # and slower still over the -inf of grammar-masked rows)
         # Unnormalized probabilities exp((x - max) / T): the most likely token gets exactly 1.
         e.sub_(e.amax(-1, keepdim=True))
         if any(params[i].temperature not in (0.0, 1.0) for i in chunk):
