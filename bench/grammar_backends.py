@@ -1,8 +1,9 @@
 """xgrammar vs llguidance on CPU: the two grammar libraries structured output could use.
 
 For the o200k_harmony vocabulary and two JSON schemas: the time to build each library's view of
-the vocabulary and to compile each schema, and the median time per token to compute and apply
-the next-token mask while sampling an answer from random logits. Both libraries are in
+the vocabulary and to compile each schema, and the median time per token to compute the
+next-token mask (both write the same packed int32 bitmask) while sampling an answer from random
+logits. Applying the mask is ours either way (gptoss/engine/grammar.py), so it is not timed. Both libraries are in
 .venv-vllm (vLLM brings them):
 
     .venv-vllm/bin/python bench/grammar_backends.py
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gptoss.engine.grammar import forbidden_mask
 from gptoss.harmony.vocab import HARMONY_VOCAB_SIZE as V
 from gptoss.harmony.vocab import text_encoding
 
@@ -54,8 +56,8 @@ SCHEMAS = {
         "additionalProperties": False,
     },
 }
-# A matcher factory: schema -> (fill the mask into logits, accept a token -> still going).
-Factory = Callable[[dict[str, Any]], tuple[Callable[[torch.Tensor], None], Callable[[int], bool]]]
+# A matcher factory: schema -> (compute the next mask, accept a token -> still going).
+Factory = Callable[[dict[str, Any]], tuple[Callable[[], torch.Tensor], Callable[[int], bool]]]
 
 
 def measure(name: str, make: Factory, steps: int = 150) -> None:
@@ -68,12 +70,13 @@ def measure(name: str, make: Factory, steps: int = 150) -> None:
         for _ in range(steps):
             logits = torch.randn(1, V)
             t1 = time.perf_counter()
-            fill(logits)
+            bitmask = fill()
             times.append(time.perf_counter() - t1)
+            logits.masked_fill_(torch.from_numpy(forbidden_mask(bitmask.numpy(), V)), float("-inf"))
             token = int(torch.multinomial(torch.softmax(logits[0], 0), 1))
             if not accept(token):
                 break
-        print(f"{name:12s} {schema_name:7s} compile {compile_ms:7.1f} ms   mask+apply median "
+        print(f"{name:12s} {schema_name:7s} compile {compile_ms:7.1f} ms   mask median "
               f"{statistics.median(times) * 1e6:6.0f} us over {len(times)} tokens")
 
 
@@ -97,9 +100,9 @@ def main() -> None:
         matcher = llguidance.LLMatcher(tokenizer, grammar)
         bitmask = llt.allocate_token_bitmask(1, V)
 
-        def fill(logits: torch.Tensor) -> None:
+        def fill() -> torch.Tensor:
             llt.fill_next_token_bitmask(matcher, bitmask, 0)
-            llt.apply_token_bitmask_inplace(logits, bitmask)
+            return bitmask
 
         return fill, lambda t: matcher.consume_token(t) and not matcher.is_stopped()
 
@@ -119,9 +122,9 @@ def main() -> None:
         matcher = xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema), any_whitespace=False))
         bitmask = xgr.allocate_token_bitmask(1, V)
 
-        def fill(logits: torch.Tensor) -> None:
+        def fill() -> torch.Tensor:
             matcher.fill_next_token_bitmask(bitmask)
-            xgr.apply_token_bitmask_inplace(logits, bitmask)
+            return bitmask
 
         return fill, lambda t: matcher.accept_token(t) and not matcher.is_terminated()
 
