@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -141,6 +142,24 @@ def test_function_tool_round_trip(server: RemoteServer):
     kinds = {e["type"] for e in events}
     assert "response.output_item.added" in kinds and events[-1]["type"] in ("response.completed", "response.incomplete")
     assert any(i["type"] == "function_call" for i in events[-1]["response"]["output"])
+
+
+def test_text_format_json_schema_is_enforced(server: RemoteServer):
+    """``text.format`` gets chat's structured output: the random model's answer always validates."""
+    schema = {
+        "type": "object",
+        "properties": {"sunny": {"enum": ["yes", "no"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["sunny", "days"],
+        "additionalProperties": False,
+    }
+    text_format = {"type": "json_schema", "name": "forecast", "schema": schema, "strict": True}
+    for _ in range(4):
+        r = server.client().responses.create(
+            model=MODEL, input="Sunny tomorrow?", text={"format": text_format}, max_output_tokens=200, temperature=1.0
+        )
+        validate_response(RESPONSE, r.model_dump(mode="json", exclude_unset=True, by_alias=True))  # "schema"
+        assert r.status == "completed"
+        jsonschema.validate(json.loads(r.output_text), schema)
 
 
 def test_keys_cannot_read_each_others_responses(server: RemoteServer):
