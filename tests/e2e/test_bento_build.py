@@ -61,7 +61,7 @@ def test_bento_yaml(bento: Path):
     # What one replica decodes at once (GPU default max_running 128): the autoscaler's target.
     assert config["traffic"]["concurrency"] == 128
     # BentoML's tracing opens a span per streamed chunk: off on the generation routes by default.
-    assert config["tracing"]["excluded_urls"] == ["/v1/chat/completions", "/v1/responses", "/v1/completions", "/generate"]
+    assert config["tracing"]["excluded_urls"] == ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/generate"]
     # GPTOSS_MODEL=tiny: nothing to pin, so the build needed no network.
     assert spec["models"] == [] and spec["services"][0]["models"] == []
 
