@@ -120,7 +120,7 @@ def test_unknown_routes_are_json_404_for_any_key(server: RemoteServer, key: str 
         assert r.headers["content-type"].startswith("application/json") and set(r.json()["error"]) == ERROR_FIELDS
     sdk = server.client(key or "sk-none")
     with pytest.raises(openai.NotFoundError):
-        sdk.post("/responses", body={"model": MODEL, "input": "hi"}, cast_to=object)
+        sdk.post("/embeddings", body={"model": MODEL, "input": "hi"}, cast_to=object)
 
 
 def test_large_prompts_are_refused_without_stalling_the_server(server: RemoteServer):
