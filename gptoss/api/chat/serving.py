@@ -295,7 +295,12 @@ class ChatHandler:
         rendered = await asyncio.to_thread(self._render, req)
         prompt = rendered.prompt_ids
         max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
-        grammar = await asyncio.to_thread(chat_grammar, req, max_tokens, b.settings.max_reasoning_tokens)
+        constrained = (req.response_format is not None and req.response_format.type != "text") or req.tools or (
+            req.max_reasoning_tokens or b.settings.max_reasoning_tokens
+        )
+        grammar = None
+        if constrained:  # checking a schema takes a while the first time: off the loop
+            grammar = await asyncio.to_thread(chat_grammar, req, max_tokens, b.settings.max_reasoning_tokens)
         choices = req.n or 1
         limit = admission.limit()
         if limit is not None and req.requested_max_tokens() is None:  # the default fits the key's budget

@@ -143,7 +143,8 @@ class CompletionHandler:
             per_token = len(budgets) * (req.n or 1)
             room = (limit - sum(len(p) for p in prompts)) // per_token
             budgets = [max(1, min(m, room)) for m in budgets]
-        grammar = await asyncio.to_thread(completion_grammar, req)
+        fmt = req.response_format  # checking a schema takes a while the first time: off the loop
+        grammar = await asyncio.to_thread(completion_grammar, req) if fmt and fmt.type != "text" else None
         prompt_tokens = sum(len(prompt) for prompt in prompts)
         hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
         try:
