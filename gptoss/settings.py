@@ -209,6 +209,18 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger(PROJECT_LOGGER).setLevel(settings.log_level.upper())
 
 
+def redacted_url(url: str) -> str:
+    """A store URL (limits, stored responses) for messages and logs, without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Keep the tiny model and the vocabulary copy between runs (gitignored).
 os.environ.setdefault("GPTOSS_CACHE_DIR", str(REPO / ".cache" / "gptoss"))
-# The test servers' stored responses: this session's own directory, not the user's ~/.local/state.
+# The test servers' stored responses: a temporary directory of this test run, not the user's ~/.local/state.
 if "GPTOSS_STATE_DIR" not in os.environ:
     os.environ["GPTOSS_STATE_DIR"] = tempfile.mkdtemp(prefix="gptoss_state_")
     atexit.register(shutil.rmtree, os.environ["GPTOSS_STATE_DIR"], True)

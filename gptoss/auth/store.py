@@ -21,7 +21,7 @@ from typing import Any
 from gptoss.auth.keyfile import _index, _load_located, _Located, _open_mode, _parse_env_located
 from gptoss.auth.limits import RateLimiter
 from gptoss.auth.principal import KeysFileError, NoKeysConfigured, Principal
-from gptoss.settings import Settings, get_settings
+from gptoss.settings import Settings, get_settings, redacted_url
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class KeyStore:
 
             limiter = RedisRateLimiter(settings.limits_store, inflight_ttl=int(settings.request_timeout) + 60)
             limiter.ping()  # an unreachable store stops the start, as a broken keys file does
-            logger.info("Per-key limits are shared through %s", _redacted(settings.limits_store))
+            logger.info("Per-key limits are shared through %s", redacted_url(settings.limits_store))
         store = cls(settings.keys_file, settings.api_keys.get_secret_value(), clock=clock, limiter=limiter)
         if not len(store) and not settings.auth_disabled:
             raise NoKeysConfigured()
@@ -269,15 +269,3 @@ def validate_auth_config(settings: Settings | None = None) -> KeyStore | None:
         log_auth_mode(settings)
         return None
     return get_key_store(settings)
-
-
-def _redacted(url: str) -> str:
-    """A store URL for the log, without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)

@@ -24,6 +24,7 @@ import json
 import logging
 from typing import Any
 
+from gptoss.settings import redacted_url as redacted
 from gptoss.state import ResponseStoreError, StoredResponse
 
 logger = logging.getLogger(__name__)
@@ -184,15 +185,3 @@ class RedisResponseStore:
 
 def _seconds(value: float) -> str:
     return repr(float(value))
-
-
-def redacted(url: str) -> str:
-    """A store URL for messages and logs, without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
