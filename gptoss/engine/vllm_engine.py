@@ -1,10 +1,10 @@
 """gpt-oss on vLLM (``GPTOSS_ENGINE=vllm``): vLLM's ``AsyncLLM`` behind the engine interface of core.py.
 
-vLLM gets token ids and sends token ids back: it loads no tokenizer and detokenises nothing.
-Harmony rendering and parsing, stop strings, logprob shaping, keys, limits, metrics and the
-access log stay above the engine and are the same for both engines. vLLM brings what our engine
-does not have on a GPU: CUDA graphs, MXFP4 kernels, paged KV memory, prefix caching and tensor
-parallelism.
+vLLM gets token ids and sends token ids back and detokenises nothing; it loads the tokenizer only
+because its structured-output backend reads the vocabulary from it. Harmony rendering and parsing,
+stop strings, logprob shaping, keys, limits, metrics and the access log stay above the engine and
+are the same for both engines. vLLM brings what our engine does not have on a GPU: CUDA graphs,
+MXFP4 kernels, paged KV memory, prefix caching and tensor parallelism.
 
 Only imported when this engine is chosen: vllm is not in the default dependency set
 (requirements-vllm.txt is its own).
