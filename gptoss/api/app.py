@@ -76,7 +76,9 @@ def _backend(request: Request) -> Backend:
     return ready_backend(getattr(request.app.state, "backend", None))
 
 
-def _authorize_model(request: Request, model: str) -> None:
+def _authorize_model(request: Request, backend: Backend, model: str) -> None:
+    """The served model, and one the calling key may use: 404, then 403."""
+    check_model(backend, model)
     check_model_access(get_principal(request), model)
 
 
@@ -212,8 +214,7 @@ async def start_job(request: Request, backend: Backend | None, body: Any, handle
     note(request, model=body.model, stream=bool(body.stream))
     backend = ready_backend(backend)
     note_prompt(request, backend.settings, prompt)
-    check_model(backend, body.model)
-    _authorize_model(request, body.model)
+    _authorize_model(request, backend, body.model)
     key_name = request.scope.get("state", {}).get("key_name")
     return await handler(backend).start(body, key_name=key_name, admission=KeyBudget(request))
 
@@ -267,6 +268,7 @@ def _attached_backend(request: Request) -> Backend:
 async def create_response(body: ResponseCreateRequest, request: Request) -> Any:
     """OpenAI's Responses API over the chat path; `stream: true` answers with server-sent events."""
     backend = ready_backend(request.app.state.backend)
+    _authorize_model(request, backend, body.model)  # before any stored response is looked up
 
     def start_chat(chat: ChatCompletionRequest) -> Any:
         prompt = lambda: body.model_dump(exclude_none=True).get("input")  # noqa: E731

@@ -15,7 +15,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, CHAT_KEY, OTHER_MODEL_KEY, RemoteServer
+from tests.conftest import ADMIN_KEY, CHAT_KEY, OTHER_MODEL_KEY, TPM_KEY, RemoteServer
 from tests.openai_schema import RESPONSE, RESPONSE_ITEM_LIST, validate_response, validate_stream_event
 
 # The end-to-end API suite: it runs on every engine selected with --engines.
@@ -169,11 +169,17 @@ def test_keys_cannot_read_each_others_responses(server: RemoteServer):
         lambda: other.responses.retrieve(mine.id),
         lambda: other.responses.input_items.list(mine.id),
         lambda: other.responses.delete(mine.id),
-        lambda: other.responses.create(model=MODEL, input="x", previous_response_id=mine.id),
+        # a key that may use the model (this one has a token budget; a 404 reserves nothing)
+        lambda: server.client(TPM_KEY).responses.create(model=MODEL, input="x", previous_response_id=mine.id),
     ):
         with pytest.raises(openai.NotFoundError):
             attempt()
     assert server.client().responses.retrieve(mine.id).id == mine.id  # still there for its owner
+    # A key that may not use the model learns that first, whatever the id it names.
+    for previous in (mine.id, "resp_unknown"):
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            other.responses.create(model=MODEL, input="x", previous_response_id=previous)
+        assert info.value.param == "model"
     with pytest.raises(openai.PermissionDeniedError):
         server.client(CHAT_KEY).responses.create(model=MODEL, input="x", max_output_tokens=4)
 

@@ -17,8 +17,9 @@ from gptoss.api.common.protocol import (
     ResponseFormat,
     StreamOptions,
     Usage,
+    _check_tool_choice,
+    _check_unique_names,
     _clamp_logprob,
-    _field_error,
     _MaxTokens,
     _MinP,
     _now,
@@ -390,25 +391,14 @@ class ChatCompletionRequest(_SamplingRequest):
     @field_validator("tools")
     @classmethod
     def _unique_tool_names(cls, value: list[ChatCompletionTool] | None) -> list[ChatCompletionTool] | None:
-        names = [t.function.name for t in value or ()]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"function names must be unique, repeated: {', '.join(duplicates)}")
+        _check_unique_names([t.function.name for t in value or ()])
         return value
 
     @model_validator(mode="after")
     def _tool_choice_matches_tools(self) -> ChatCompletionRequest:
-        names = {t.function.name for t in self.tools or ()}
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise _field_error(
-                type(self).__name__,
-                "tool_choice",
-                f"tool_choice names function '{choice.function.name}', which is not in tools",
-                choice.model_dump(),
-            )
-        if choice == "required" and not names:
-            raise _field_error(type(self).__name__, "tool_choice", "tool_choice 'required' needs tools", choice)
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        _check_tool_choice(type(self).__name__, {t.function.name for t in self.tools or ()}, choice, named)
         return self
 
     def effective_reasoning_effort(self) -> ReasoningEffort:

@@ -93,6 +93,23 @@ def _clamp_logprob(value: float | None) -> float | None:
     return value if math.isfinite(value) and value >= MIN_LOGPROB else MIN_LOGPROB
 
 
+def _check_unique_names(names: list[str]) -> None:
+    """Tools are called by name: two tools of one name would make a call ambiguous."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"function names must be unique, repeated: {', '.join(repeated)}")
+
+
+def _check_tool_choice(model: str, names: set[str], choice: Any, named: str | None) -> None:
+    """A named ``tool_choice`` (``named``) must be one of the tools; ``required`` needs tools."""
+    if named is not None and named not in names:
+        raise _field_error(
+            model, "tool_choice", f"tool_choice names function '{named}', which is not in tools", choice.model_dump()
+        )
+    if choice == "required" and not names:
+        raise _field_error(model, "tool_choice", "tool_choice 'required' needs tools", choice)
+
+
 # field -> (test for the non-null values we can honour, or None for none; the 400's message)
 RefusedFields = Mapping[str, tuple[Callable[[Any], bool] | None, str]]
 

@@ -20,6 +20,8 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gptoss.api.common.protocol import (
     RefusedFields,
+    _check_tool_choice,
+    _check_unique_names,
     _field_error,
     _MaxTokens,
     _refuse,
@@ -411,25 +413,14 @@ class ResponseCreateRequest(_RequestModel):
     @field_validator("tools")
     @classmethod
     def _unique_tool_names(cls, value: list[FunctionTool] | None) -> list[FunctionTool] | None:
-        names = [t.name for t in value or ()]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"function names must be unique, repeated: {', '.join(duplicates)}")
+        _check_unique_names([t.name for t in value or ()])
         return value
 
     @model_validator(mode="after")
     def _tool_choice_matches_tools(self) -> ResponseCreateRequest:
-        names = {t.name for t in self.tools or ()}
         choice = self.tool_choice
-        if isinstance(choice, FunctionToolChoice) and choice.name not in names:
-            raise _field_error(
-                type(self).__name__,
-                "tool_choice",
-                f"tool_choice names function '{choice.name}', which is not in tools",
-                choice.model_dump(),
-            )
-        if choice == "required" and not names:
-            raise _field_error(type(self).__name__, "tool_choice", "tool_choice 'required' needs tools", choice)
+        named = choice.name if isinstance(choice, FunctionToolChoice) else None
+        _check_tool_choice(type(self).__name__, {t.name for t in self.tools or ()}, choice, named)
         return self
 
     @property
