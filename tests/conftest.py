@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -271,6 +272,24 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
                 proc.kill()
                 raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
+
+
+@contextmanager
+def replicas_sharing_redis(
+    tmp_path_factory: pytest.TempPathFactory, env: Callable[[int, str], dict[str, str]]
+) -> Iterator[tuple[RemoteServer, RemoteServer]]:
+    """Two real servers and the ``redis-server`` they share; ``env(i, url)`` is replica i's environment."""
+    redis, url = start_redis(tmp_path_factory.mktemp("redis"))
+    servers: list[RemoteServer] = []
+    try:
+        for i in range(2):
+            servers.append(RemoteServer(env(i, url), log_path=tmp_path_factory.mktemp(f"replica{i}") / "server.log"))
+        yield servers[0], servers[1]
+    finally:
+        for srv in servers:
+            srv.stop()
+        redis.terminate()
+        redis.wait(10)
 
 
 @pytest.fixture(scope="session")

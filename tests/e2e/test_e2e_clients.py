@@ -172,6 +172,8 @@ ANSWER_SCHEMA = {
 }
 # What Codex prints when a turn ends at the output limit, the only way a turn may fail here.
 OUTPUT_LIMIT = "ERROR: Incomplete response returned, reason: max_output_tokens"
+# How Codex's log line starts when it refuses one of the model's tool calls.
+REFUSED_TOOL_CALL = "ERROR codex_core::tools::router: error="
 ATTEMPTS = 12
 
 
@@ -207,12 +209,13 @@ def test_codex_exec_one_turn(short_server: RemoteServer, tmp_path: Path):
     ]  # fmt: skip
     for _ in range(ATTEMPTS):
         run = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-        errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
+        # A tool call Codex refuses (request_user_input is a Plan-mode tool; arguments that do not
+        # parse) goes back to the model as the call's output, and Codex logs it; the turn goes on.
+        errors = [line for line in run.stderr.splitlines() if "ERROR" in line and REFUSED_TOOL_CALL not in line]
         if run.returncode == 0:
             assert errors == [], run.stderr
             assert json.loads(run.stdout.strip().splitlines()[-1]) in ({"answer": "yes"}, {"answer": "no"})
             return
         # The model called request_user_input with arguments that ran to the output limit.
-        assert errors and errors[-1] == OUTPUT_LIMIT, run.stderr[-3000:]
-        assert all(e == OUTPUT_LIMIT or "codex_core::tools::router" in e for e in errors), run.stderr[-3000:]
+        assert errors and set(errors) == {OUTPUT_LIMIT}, run.stderr[-3000:]  # Codex may print it twice
     pytest.fail(f"codex exec did not complete a turn in {ATTEMPTS} attempts: {run.stderr[-3000:]}")

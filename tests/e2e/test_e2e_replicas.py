@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import RemoteServer, free_port, start_redis
+from tests.conftest import RemoteServer, free_port, replicas_sharing_redis
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (apt-get install redis-server)")
@@ -17,21 +17,12 @@ KEY = "sk-test-shared-limits-0123456789ab"
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RemoteServer, RemoteServer]]:
-    redis, url = start_redis(tmp_path_factory.mktemp("redis"))
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys.write_text(f"keys:\n  - name: shared\n    key: {KEY}\n    limits: {{rpm: 3, concurrency: 1}}\n")
     keys.chmod(0o600)
-    env = {"GPTOSS_KEYS_FILE": str(keys), "GPTOSS_LIMITS_STORE": url}
-    servers: list[RemoteServer] = []
-    try:
-        for i in range(2):
-            servers.append(RemoteServer(env, log_path=tmp_path_factory.mktemp(f"replica{i}") / "server.log"))
-        yield servers[0], servers[1]
-    finally:
-        for srv in servers:
-            srv.stop()
-        redis.terminate()
-        redis.wait(10)
+    env = {"GPTOSS_KEYS_FILE": str(keys)}
+    with replicas_sharing_redis(tmp_path_factory, lambda _i, url: {**env, "GPTOSS_LIMITS_STORE": url}) as pair:
+        yield pair
 
 
 def _models(srv: RemoteServer) -> httpx.Response:

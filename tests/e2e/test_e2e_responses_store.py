@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import RemoteServer, start_redis
+from tests.conftest import RemoteServer, replicas_sharing_redis
 
 ALICE = "sk-test-store-alice-0123456789abcdef"
 BOB = "sk-test-store-bob-0123456789abcdef00"
@@ -70,23 +70,13 @@ def test_a_stored_response_survives_a_restart(keys: Path, tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def replicas(keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RemoteServer, RemoteServer]]:
-    redis, url = start_redis(tmp_path_factory.mktemp("redis"))
-    servers: list[RemoteServer] = []
-    try:
-        for i in range(2):
-            # Each replica its own (empty) state dir: what they share can only come from Redis.
-            env = {
-                "GPTOSS_KEYS_FILE": str(keys),
-                "GPTOSS_STATE_URL": url,
-                "GPTOSS_STATE_DIR": str(tmp_path_factory.mktemp(f"unused-state{i}")),
-            }
-            servers.append(RemoteServer(env, log_path=tmp_path_factory.mktemp(f"replica{i}") / "server.log"))
-        yield servers[0], servers[1]
-    finally:
-        for srv in servers:
-            srv.stop()
-        redis.terminate()
-        redis.wait(10)
+    def env(i: int, url: str) -> dict[str, str]:
+        # Each replica its own (empty) state dir: what they share can only come from Redis.
+        unused = tmp_path_factory.mktemp(f"unused-state{i}")
+        return {"GPTOSS_KEYS_FILE": str(keys), "GPTOSS_STATE_URL": url, "GPTOSS_STATE_DIR": str(unused)}
+
+    with replicas_sharing_redis(tmp_path_factory, env) as pair:
+        yield pair
 
 
 @NEED_REDIS
