@@ -127,6 +127,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """The free port was taken by another socket before the server bound it."""
+
+
 class RemoteServer:
     """``bentoml serve service:GptOss`` in a subprocess on a free port (cf. vLLM's RemoteOpenAIServer)."""
 
@@ -140,32 +144,44 @@ class RemoteServer:
         wait: bool = True,
         engine: str = "transformers",
     ) -> None:
-        self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
         self.engine = engine
         # Each server gets its own BENTOML_HOME: `bentoml serve` empties the Prometheus directory
         # under it at start, so servers sharing one would clobber each other's /metrics.
         self._home = tempfile.mkdtemp(prefix="bentoml_home_")
-        full_env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, "GPTOSS_ENGINE": engine}
-        python = sys.executable
+        self._env = {**os.environ, "GPTOSS_MODEL": "tiny", "BENTOML_HOME": self._home, "GPTOSS_ENGINE": engine}
+        self._python = sys.executable
         if engine == "vllm":
-            python = vllm_python()
+            self._python = vllm_python()
             # vLLM's CPU build: a small KV cache, so that several test servers fit in RAM at once.
-            full_env["GPTOSS_VLLM_CPU_KV_CACHE_GIB"] = "1"
+            self._env["GPTOSS_VLLM_CPU_KV_CACHE_GIB"] = "1"
             startup_timeout = max(startup_timeout, 300.0)
-        full_env.update(env)
-        self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed in stop())
+        self._env.update(env)
+        # Always a log file: it tells a port taken between free_port() and the bind from other failures.
+        self.log_path = log_path or Path(self._home) / "server.log"
+        for attempt in range(3):
+            self._start(port or free_port())
+            if not wait:
+                return
+            try:
+                self._wait_ready(startup_timeout)
+                return
+            except PortTaken:
+                if port is not None or attempt == 2:
+                    raise
+                self._log.close()
+
+    def _start(self, port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [python, "-m", "bentoml", "serve", "service:GptOss", "--port", str(self.port), "--host", "127.0.0.1"],
+            [self._python, "-m", "bentoml", "serve", "service:GptOss", "--port", str(port), "--host", "127.0.0.1"],
             cwd=REPO,
-            env=full_env,
+            env=self._env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        if wait:
-            self._wait_ready(startup_timeout)
 
     def wait_listening(self, timeout: float = 120.0) -> None:
         """Until the HTTP server answers at all (the model may still be loading)."""
@@ -182,7 +198,9 @@ class RemoteServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()[-4000:]}")
+                logs = self.logs()
+                error = PortTaken if "Address already in use" in logs else RuntimeError
+                raise error(f"server exited with {self.proc.returncode}: {logs[-4000:]}")
             try:
                 if httpx.get(self.url("/health"), timeout=2).status_code == 200:
                     return
@@ -196,7 +214,7 @@ class RemoteServer:
         return self.base_url + path
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, api_key: str = ADMIN_KEY, **kw):  # -> openai.OpenAI
         import openai
@@ -236,8 +254,7 @@ class RemoteServer:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
+        self._log.close()
         shutil.rmtree(self._home, ignore_errors=True)
         return self.proc.returncode
 
