@@ -3,8 +3,8 @@
 For the o200k_harmony vocabulary and two JSON schemas: the time to build each library's view of
 the vocabulary and to compile each schema, and the median time per token to compute the
 next-token mask (both write the same packed int32 bitmask) while sampling an answer from random
-logits. Applying the mask is ours either way (gptoss/engine/grammar.py), so it is not timed. Both libraries are in
-.venv-vllm (vLLM brings them):
+logits. Applying the mask is ours either way (gptoss/engine/grammar.py), so it is not timed.
+Both libraries are in .venv-vllm (vLLM brings them):
 
     .venv-vllm/bin/python bench/grammar_backends.py
 

@@ -33,8 +33,10 @@ class Grammars:
 
     def __init__(self, tokenizer: Any, max_cached: int = 64) -> None:
         import llguidance
+        import llguidance.torch as llt
 
         self._llg = llguidance
+        self._llt = llt
         self._tokenizer = tokenizer
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._max = max_cached
@@ -45,16 +47,12 @@ class Grammars:
     def bitmask(self, rows: int) -> torch.Tensor:
         """A packed bitmask for ``rows`` matchers, reused step to step (each fill overwrites its row)."""
         if self._bitmask is None or self._bitmask.shape[0] < rows:
-            import llguidance.torch as llt
-
-            self._bitmask = llt.allocate_token_bitmask(max(rows, 16), self.vocab)
+            self._bitmask = self._llt.allocate_token_bitmask(max(rows, 16), self.vocab)
         return self._bitmask[:rows]
 
-    @staticmethod
-    def fill(matcher: Any, bitmask: torch.Tensor, row: int) -> None:
-        import llguidance.torch as llt
-
-        llt.fill_next_token_bitmask(matcher, bitmask, row)
+    def fill(self, matcher: Any, bitmask: torch.Tensor, row: int) -> None:
+        """Row ``row`` of ``bitmask``: the tokens ``matcher`` allows next."""
+        self._llt.fill_next_token_bitmask(matcher, bitmask, row)
 
     def matcher(self, grammar: str) -> Any:
         with self._lock:

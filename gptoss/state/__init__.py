@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gptoss.settings import Settings
+from gptoss.settings import Settings, redacted_url
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ def open_response_store(settings: Settings) -> ResponseStore:
     """
     retention = settings.state_retention_days * 86400
     if settings.state_url:
-        from gptoss.state.redis import RedisResponseStore, redacted
+        from gptoss.state.redis import RedisResponseStore
 
         store = RedisResponseStore(settings.state_url, retention_seconds=retention, max_bytes=settings.state_max_bytes)
         try:
             store.check()
         except ResponseStoreError as exc:
             raise ResponseStoreError(f"GPTOSS_STATE_URL: {exc}. Check the URL and that Redis is running.") from exc
-        logger.info("Stored responses are kept in %s", redacted(settings.state_url))
+        logger.info("Stored responses are kept in %s", redacted_url(settings.state_url))
         return store
     from gptoss.state.sqlite import SQLiteResponseStore
 

@@ -24,7 +24,7 @@ import json
 import logging
 from typing import Any
 
-from gptoss.settings import redacted_url as redacted
+from gptoss.settings import redacted_url
 from gptoss.state import ResponseStoreError, StoredResponse
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class RedisResponseStore:
         try:
             client.ping()
         except self._errors as exc:
-            raise ResponseStoreError(f"cannot reach {redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
+            raise ResponseStoreError(f"cannot reach {redacted_url(self.url)}: {type(exc).__name__}: {exc}") from exc
         finally:
             client.close()
 
@@ -180,7 +180,7 @@ class RedisResponseStore:
         try:
             return await call
         except self._errors as exc:
-            raise ResponseStoreError(f"{redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
+            raise ResponseStoreError(f"{redacted_url(self.url)}: {type(exc).__name__}: {exc}") from exc
 
 
 def _seconds(value: float) -> str:

@@ -295,11 +295,8 @@ class ChatHandler:
         rendered = await asyncio.to_thread(self._render, req)
         prompt = rendered.prompt_ids
         max_tokens = resolve_max_tokens(b, len(prompt), req.requested_max_tokens())
-        constrained = (req.response_format is not None and req.response_format.type != "text") or req.tools or (
-            req.max_reasoning_tokens or b.settings.max_reasoning_tokens
-        )
         grammar = None
-        if constrained:  # checking a schema takes a while the first time: off the loop
+        if needs_grammar(req, b.settings.max_reasoning_tokens):  # a first schema check is slow: off the loop
             grammar = await asyncio.to_thread(chat_grammar, req, max_tokens, b.settings.max_reasoning_tokens)
         choices = req.n or 1
         limit = admission.limit()
@@ -334,19 +331,23 @@ class ChatHandler:
         return ChatJob(req, runs, len(prompt), b.settings.served_model_name, hold)
 
 
+def needs_grammar(req: ChatCompletionRequest, default_budget: int) -> bool:
+    """JSON answers, tools (names and arguments) and a reasoning budget need a grammar."""
+    fmt = req.response_format
+    return (fmt is not None and fmt.is_json) or bool(req.tools) or bool(req.max_reasoning_tokens or default_budget)
+
+
 def chat_grammar(req: ChatCompletionRequest, max_tokens: int, default_budget: int) -> str | None:
     """The grammar that holds this request's answer to its shape, or None when nothing constrains it.
 
-    JSON answers, tools (names and arguments) and a reasoning budget need one. Where the answer is
-    constrained and no budget is given, the reasoning may take half of ``max_tokens``, so that the
-    answer always has room to be completed.
+    Where the answer is constrained and no budget is given, the reasoning may take half of
+    ``max_tokens``, so that the answer always has room to be completed.
     """
+    if not needs_grammar(req, default_budget):
+        return None
     fmt = req.response_format
-    json_answer = fmt is not None and fmt.type != "text"
     tools = req.tools or []
     budget = req.max_reasoning_tokens or default_budget or None
-    if not (json_answer or tools or budget):
-        return None
     if budget is None:
         budget = max(1, max_tokens // 2)
     choice = req.tool_choice

@@ -153,6 +153,11 @@ class ResponseFormat(_RequestModel):
             raise ValueError(f"json_schema is only allowed with response_format type 'json_schema', not '{self.type}'")
         return self
 
+    @property
+    def is_json(self) -> bool:
+        """The answer must be JSON: a grammar constrains it."""
+        return self.type != "text"
+
 
 # ------------------------------------------------------------------------------------------------
 # Shared request fields and validators

@@ -103,7 +103,7 @@ class CompletionRun:
 def completion_grammar(req: CompletionRequest) -> str | None:
     """A JSON ``response_format`` makes the raw completion one JSON document (no reasoning here)."""
     fmt = req.response_format
-    if fmt is None or fmt.type == "text":
+    if fmt is None or not fmt.is_json:
         return None
     schema = fmt.json_schema.schema_ or {} if fmt.json_schema is not None else None
     param = "response_format.json_schema.schema" if fmt.json_schema is not None else "response_format"
@@ -143,8 +143,9 @@ class CompletionHandler:
             per_token = len(budgets) * (req.n or 1)
             room = (limit - sum(len(p) for p in prompts)) // per_token
             budgets = [max(1, min(m, room)) for m in budgets]
-        fmt = req.response_format  # checking a schema takes a while the first time: off the loop
-        grammar = await asyncio.to_thread(completion_grammar, req) if fmt and fmt.type != "text" else None
+        grammar = None
+        if req.response_format is not None and req.response_format.is_json:  # a first schema check is slow
+            grammar = await asyncio.to_thread(completion_grammar, req)
         prompt_tokens = sum(len(prompt) for prompt in prompts)
         hold = admission.reserve(prompt_tokens + sum(budgets) * (req.n or 1))
         try:

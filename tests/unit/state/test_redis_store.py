@@ -11,9 +11,9 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from gptoss.settings import Settings
+from gptoss.settings import Settings, redacted_url
 from gptoss.state import ResponseStoreError, check_response_store, open_response_store
-from gptoss.state.redis import RedisResponseStore, redacted
+from gptoss.state.redis import RedisResponseStore
 from tests.conftest import free_port
 from tests.unit.state.conftest import NO_REDIS
 from tests.unit.state.test_store_contract import record
@@ -75,4 +75,4 @@ def test_the_state_url_must_be_a_redis_url():
         Settings(state_url="http://127.0.0.1:6379")
     for url in ("", "redis://h:1/0", "rediss://:p@h:1/0", "unix:///run/redis.sock"):
         assert Settings(state_url=url).state_url == url
-    assert redacted("rediss://user:pw@h:6380/1") == "rediss://user:***@h:6380/1"
+    assert redacted_url("rediss://user:pw@h:6380/1") == "rediss://user:***@h:6380/1"
