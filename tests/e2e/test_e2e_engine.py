@@ -93,13 +93,15 @@ def test_queue_overflow_is_429_with_retry_after(small_server: RemoteServer):
     assert running["started"].wait(60)
     t2 = _stream_in_background(small_server, 5, queued)
     assert _wait_for_gauge(small_server, "gptoss_queue_depth", 1)  # t2 holds the one queue place
+    # Generous timeouts for the same reason as the gauge wait: a 429 is answered at once, but on
+    # vLLM's CPU build the connection itself can wait minutes for the API process to run.
     with pytest.raises(openai.RateLimitError) as info:
-        small_server.client().completions.create(model=MODEL, prompt="y", max_tokens=5)
+        small_server.client().with_options(timeout=300).completions.create(model=MODEL, prompt="y", max_tokens=5)
     assert info.value.response.headers["retry-after"]
     assert info.value.code == "server_overloaded"
     # The native API answers the same way, in the same shape.
     r = httpx.post(small_server.url("/generate"), headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                   json={"prompt": "y", "max_tokens": 5}, timeout=120)
+                   json={"prompt": "y", "max_tokens": 5}, timeout=300)
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert r.json()["error"]["code"] == "server_overloaded"
     assert not queued["started"].is_set()  # it waits for the running slot
